@@ -1,0 +1,115 @@
+"""python -m train: train a CNN and leave a run folder (see contract/run_folder.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from train.config import TrainConfig
+
+EPILOG = """\
+examples:
+  python -m train                                   # the benchmark recipe on Fashion-MNIST
+  python -m train --dataset folder --data-dir photos/ --image-size 96 --epochs 30
+  python -m train --resume runs/20261122-120000-fashion_mnist   # continue a killed run
+
+The run folder (runs/<run-id>/, newest also at runs/latest) holds best.keras, config.json, labels.txt,
+history.csv/json, metrics.json, arrays/ (held-out test images for export) and plots/.
+"""
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, not {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("expected positive integers like 32,64,128")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description="Train a CNN image classifier with dropout, batch norm and "
+        "checkpoints; write a run folder with the best model, its history, metrics and plots.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last finished "
+                        "epoch, with the run's own config (other options are ignored)")
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"default": default, "help": f"{f.metadata['help']} (default: {_show(default)})", "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if isinstance(default, bool):
+            kwargs.update(type=_parse_bool, metavar="BOOL")
+        elif isinstance(default, tuple):
+            kwargs.update(type=_parse_ints, metavar="N,N,...")
+        else:
+            kwargs["type"] = type(default)
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return repr(value) if value == "" else str(value)
+
+
+def check(config: TrainConfig, parser: argparse.ArgumentParser) -> None:
+    if config.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if config.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if not 0 < config.validation_fraction < 0.5:
+        parser.error("--validation-fraction must be between 0 and 0.5")
+    if config.learning_rate <= 0:
+        parser.error("--learning-rate must be positive")
+    for name in ("conv_dropout", "dense_dropout"):
+        if not 0 <= getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
+    if config.image_size < 0:
+        parser.error("--image-size must be positive (or 0 for the dataset's own)")
+    if config.monitor not in ("val_accuracy", "val_loss"):
+        parser.error("--monitor must be val_accuracy or val_loss")
+    if config.base_weights and not Path(config.base_weights).is_file():
+        parser.error(f"--base-weights: no file at {config.base_weights}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
+
+    from train.data import DataError
+    from train.model import ModelConfigError
+    from train.run import RunError, load_run_config, train
+
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            config = load_run_config(run_dir)
+            train(config, run_dir=run_dir)
+        else:
+            config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+            check(config, parser)
+            train(config)
+    except (DataError, ModelConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

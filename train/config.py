@@ -1,0 +1,64 @@
+"""Every hyper-parameter of a training run, with its default. The defaults are the benchmark recipe.
+
+The CLI is generated from this dataclass (see cli.py), so each field's `help` is what
+`python -m train --help` prints, and config.json in the run folder is `asdict(TrainConfig)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+DATASETS = ("fashion_mnist", "folder", "cifar10")
+OPTIMIZERS = ("adam", "rmsprop", "sgd", "nadam")
+STRATEGIES = ("none", "mirrored", "multi-worker")
+BASES = ("none", "mobilenetv2")
+COLOR_MODES = ("auto", "grayscale", "rgb")
+
+
+def _opt(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # --- data -------------------------------------------------------------------------------
+    dataset: str = _opt("fashion_mnist", "fashion_mnist (Debian's IDX files), folder (one sub-folder of photos per class) or cifar10 (python batches)", choices=DATASETS)
+    data_dir: str = _opt("", "where the data is; default for fashion_mnist: /usr/share/datasets/fashion-mnist")
+    image_size: int = _opt(0, "square input size in pixels; 0 = the dataset's own (28 Fashion-MNIST, 32 CIFAR-10, 96 folder)")
+    color_mode: str = _opt("auto", "grayscale or rgb; auto = the dataset's own (folders: rgb)", choices=COLOR_MODES)
+    validation_fraction: float = _opt(0.1, "share of the training images held out for validation (folder: also for test)")
+    train_limit: int = _opt(0, "use only this many training images (0 = all); for quick runs and tests")
+    test_limit: int = _opt(0, "use only this many test images (0 = all)")
+    seed: int = _opt(1337, "seed for the data split, shuffling, initialisation and augmentation")
+    # --- model ------------------------------------------------------------------------------
+    filters: tuple[int, ...] = _opt((32, 64, 128), "filters of each conv block (comma-separated); each block halves the resolution")
+    convs_per_block: int = _opt(2, "3x3 conv + batch-norm + ReLU layers per block")
+    dense_units: int = _opt(256, "units of the dense layer before the classifier (0 = none)")
+    conv_dropout: float = _opt(0.25, "dropout after each conv block")
+    dense_dropout: float = _opt(0.5, "dropout before the classifier")
+    weight_decay: float = _opt(0.0, "L2 weight decay on conv and dense kernels (0 = off)")
+    augment: bool = _opt(True, "random flip / shift / zoom during training (never at inference)")
+    base: str = _opt("none", "transfer-learning base instead of the conv blocks: mobilenetv2 (needs rgb, image-size >= 32)", choices=BASES)
+    base_weights: str = _opt("", "weights file for the base (e.g. mobilenet_v2 *_no_top.h5); empty = random initialisation")
+    fine_tune: bool = _opt(False, "train the base's weights too (default: frozen)")
+    # --- optimisation -------------------------------------------------------------------------
+    optimizer: str = _opt("adam", "adam, rmsprop, sgd (momentum 0.9, Nesterov) or nadam", choices=OPTIMIZERS)
+    learning_rate: float = _opt(2e-3, "initial learning rate")
+    batch_size: int = _opt(128, "images per step")
+    epochs: int = _opt(18, "maximum number of epochs")
+    monitor: str = _opt("val_accuracy", "validation metric that picks the best checkpoint (val_accuracy or val_loss)")
+    early_stopping_patience: int = _opt(6, "stop after this many epochs without improvement (best weights restored)")
+    reduce_lr_patience: int = _opt(2, "halve the learning rate after this many epochs without improvement")
+    reduce_lr_factor: float = _opt(0.5, "factor applied by learning-rate reduction")
+    min_learning_rate: float = _opt(1e-5, "learning rate never goes below this")
+    max_minutes: float = _opt(0.0, "stop after the epoch that would overrun this many minutes of training (0 = no limit)")
+    # --- infrastructure ----------------------------------------------------------------------
+    strategy: str = _opt("none", "tf.distribute strategy: mirrored (all local devices) or multi-worker (reads TF_CONFIG)", choices=STRATEGIES)
+    tensorboard: bool = _opt(False, "write TensorBoard logs to <run>/tensorboard")
+    runs_dir: str = _opt("runs", "where run folders are created")
+    run_name: str = _opt("", "name of the run folder (default: <date>-<time>-<dataset>)")
+    train_sample_size: int = _opt(10000, "training images stored in the run for export's calibration and fine-tuning")
+
+
+def config_fields():
+    return fields(TrainConfig)

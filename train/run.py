@@ -1,0 +1,204 @@
+"""One training run: data -> model -> fit with callbacks -> evaluate best.keras -> run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from contract import run_folder as rf
+from contract.files import atomic_write_json
+from train.config import TrainConfig
+from train.data import Dataset, load_dataset
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """The run folder cannot be created or resumed."""
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    name = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.dataset}"
+    path = Path(config.runs_dir) / name
+    if (path / rf.METRICS).exists():
+        raise RunError(f"{path} already holds a finished run; choose another --run-name.")
+    if (path / rf.CONFIG).exists():
+        raise RunError(f"{path} holds an unfinished run; continue it with: python -m train --resume {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"Cannot create the run folder {path}: {err.strerror}") from None
+    return path
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The config of an unfinished run, for --resume."""
+    if not (run_dir / rf.CONFIG).is_file():
+        raise RunError(f"{run_dir} is not a run folder (no {rf.CONFIG}).")
+    if (run_dir / rf.METRICS).is_file():
+        raise RunError(f"{run_dir} has already finished (it has {rf.METRICS}); nothing to resume.")
+    saved = rf.read_json(run_dir / rf.CONFIG)
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known}
+    return TrainConfig(**values)
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        # Reads the cluster from TF_CONFIG; with no TF_CONFIG it is a single worker.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()  # the default: no distribution
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) -> Path:
+    """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder."""
+    import keras
+
+    from train import callbacks as cb
+    from train.model import compile_model, make_model
+
+    resuming = run_dir is not None
+    dataset = load_dataset(config)  # data errors surface before any folder is made
+    log.info(dataset.summary())
+    run_dir = Path(run_dir) if resuming else new_run_dir(config)
+    log.info("Run folder: %s", run_dir)
+    if not resuming:
+        atomic_write_json(run_dir / rf.CONFIG, asdict(config))
+    rf.write_labels(run_dir / rf.LABELS, dataset.labels)
+    save_arrays(run_dir, dataset, config)
+
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config)
+
+    backup_dir = run_dir / rf.BACKUP
+    initial_epoch = cb.read_backup_epoch(backup_dir) if resuming else 0
+    history = rf.read_json(run_dir / rf.HISTORY_JSON) if resuming and (run_dir / rf.HISTORY_JSON).is_file() else []
+    resume = cb.ResumeState.from_history(history, initial_epoch, config.monitor)
+    if resuming:
+        print(f"Resuming {run_dir} at epoch {initial_epoch + 1} of {config.epochs}"
+              + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})" if resume.best is not None else ""))
+    callbacks = [
+        # Order matters: the backup is written before the history names the epoch as finished.
+        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
+        cb.RunHistory(run_dir / rf.HISTORY_CSV, run_dir / rf.HISTORY_JSON, resume),
+        cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
+        cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
+        cb.ResumableReduceLROnPlateau(config.monitor, config.reduce_lr_factor, config.reduce_lr_patience,
+                                      config.min_learning_rate, resume),
+        cb.TimeBudget(config.max_minutes),
+        *extra_callbacks,
+    ]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+
+    started = time.monotonic()
+    model.fit(
+        dataset.x_train, dataset.y_train,
+        validation_data=(dataset.x_val, dataset.y_val),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, a line per epoch in logs
+    )
+    seconds = time.monotonic() - started
+    finish_run(run_dir, dataset, config, seconds)
+    return run_dir
+
+
+def save_arrays(run_dir: Path, dataset: Dataset, config: TrainConfig) -> None:
+    """Held-out test images and a seeded training sample, for export's parity checks and calibration."""
+    arrays = run_dir / "arrays"
+    arrays.mkdir(exist_ok=True)
+    np.savez_compressed(run_dir / rf.TEST_ARRAYS, x=dataset.x_test, y=dataset.y_test)
+    count = min(config.train_sample_size, len(dataset.x_train))
+    chosen = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), size=count, replace=False))
+    np.savez_compressed(run_dir / rf.TRAIN_SAMPLE_ARRAYS, x=dataset.x_train[chosen], y=dataset.y_train[chosen])
+
+
+def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: float) -> dict:
+    """Evaluate best.keras on the test set, write metrics.json and the plots, point runs/latest here."""
+    import keras
+
+    from train.plots import write_plots
+
+    best_path = run_dir / rf.BEST_MODEL
+    if not best_path.is_file():
+        raise RunError(f"Training ended without a checkpoint in {best_path} (no epoch finished?).")
+    model = keras.models.load_model(best_path, safe_mode=True)
+    probabilities = predict(model, dataset.x_test)
+    predicted = probabilities.argmax(axis=1)
+    loss = float(keras.losses.sparse_categorical_crossentropy(dataset.y_test, probabilities).numpy().mean())
+    history = rf.read_json(run_dir / rf.HISTORY_JSON)
+    metrics = summarize(dataset, predicted, loss, history, config, seconds)
+    atomic_write_json(run_dir / rf.METRICS, metrics)
+    write_plots(run_dir, model, dataset, history, metrics)
+    point_latest(run_dir)
+    print(f"Test accuracy of best.keras (epoch {metrics['best_epoch']}): {metrics['test_accuracy'] * 100:.2f} %  "
+          f"-> {run_dir}")
+    return metrics
+
+
+def predict(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Inference-mode probabilities, in batches (model(x, training=False): no dropout, no augmentation)."""
+    parts = [np.asarray(model(images[i:i + batch_size].astype("float32"), training=False))
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), "float32")
+
+
+def summarize(dataset: Dataset, predicted: np.ndarray, loss: float, history: list[dict],
+              config: TrainConfig, seconds: float) -> dict:
+    labels, truth = dataset.labels, dataset.y_test
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    per_class = {}
+    for i, label in enumerate(labels):
+        true_positive = int(confusion[i, i])
+        predicted_count, actual_count = int(confusion[:, i].sum()), int(confusion[i, :].sum())
+        per_class[label] = {
+            "precision": true_positive / predicted_count if predicted_count else 0.0,
+            "recall": true_positive / actual_count if actual_count else 0.0,
+            "support": actual_count,
+        }
+    from train.callbacks import is_higher_better
+
+    scored = [(row[config.monitor], row["epoch"]) for row in history if config.monitor in row]
+    best_value, best_epoch = (max if is_higher_better(config.monitor) else min)(scored) if scored else (None, -1)
+    images = len(dataset.x_train) * len(history)
+    return {
+        "test_accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
+        "test_loss": loss,
+        "test_images": int(len(truth)),
+        "best_epoch": best_epoch + 1,  # 1-based, like the progress bar
+        "best_" + config.monitor: best_value,
+        "epochs_run": len(history),
+        "training_seconds": round(seconds, 1),
+        "train_images_per_second": round(images / seconds, 1) if seconds > 0 else None,
+        "labels": labels,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "skipped_files": dataset.skipped,
+    }
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs/latest -> this run, replaced atomically."""
+    link = run_dir.parent / rf.LATEST_LINK
+    temporary = run_dir.parent / f".{rf.LATEST_LINK}.{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(run_dir.name)
+    os.replace(temporary, link)
