@@ -1,0 +1,372 @@
+"""Export a run's best.keras into a new model version: convert, prove, then publish (or publish nothing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from contract import run_folder as rf
+from contract.files import atomic_write_json, sha256_file
+from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
+from export import convert, publish, verify
+from export.formats import FORMATS, Format, Gates
+
+log = logging.getLogger("export")
+
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "reference/reference.json"
+BUNDLE_FILE = "mobile_bundle.zip"
+TABLE_FILE = "benchmark.txt"
+LABELS_FILE = "labels.txt"
+MAX_REFERENCES = 10
+
+
+class ExportInputError(ValueError):
+    """The run, the model or the arguments cannot be exported (exit code 2)."""
+
+
+@dataclass
+class ExportOptions:
+    run: Path
+    models_dir: Path = Path("models")
+    name: str = ""
+    formats: list[Format] = field(default_factory=lambda: [FORMATS[k] for k in FORMATS if not FORMATS[k].opt_in])
+    gates: Gates = field(default_factory=Gates)
+    calibration_images: int = 300
+    opset: int = convert.ONNX_OPSET
+    test_limit: int = 0
+    qat_epochs: int = 1
+    prune_epochs: int = 2
+    prune_sparsity: float = 0.5
+
+
+@dataclass
+class ExportResult:
+    published: Path | None
+    verdicts: list[verify.Verdict]
+    table: str
+    name: str
+    source_accuracy: float
+
+    @property
+    def passed(self) -> bool:
+        return self.published is not None
+
+
+def load_model_safely(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except ValueError as err:
+        if "safe_mode" in str(err) or "Lambda" in str(err):
+            raise ExportInputError(
+                f"{path} contains code (a Lambda layer or a custom function) and was refused: pocketcnn loads "
+                "models with Keras safe_mode on. Rebuild the model without Lambda layers."
+            ) from None
+        raise ExportInputError(f"{path} cannot be loaded as a Keras model: {err}") from None
+    except (OSError, KeyError) as err:
+        raise ExportInputError(f"{path} cannot be loaded as a Keras model: {err}") from None
+
+
+def keras_probabilities(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.concatenate([np.asarray(model(images[i:i + batch].astype(np.float32), training=False))
+                           for i in range(0, len(images), batch)])
+
+
+def choose_references(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Indices of up to MAX_REFERENCES test images, one per class: the first one the model gets right
+    with at least 90 % (else its most confident correct one). Confident examples keep int8 rounding
+    from flipping the top class, so the service's check measures the model, not a coin toss."""
+    chosen = []
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    for label in range(classes):
+        correct = np.flatnonzero((labels == label) & (predicted == label))
+        if len(correct) == 0:
+            continue
+        sure = correct[confidence[correct] >= 0.9]
+        chosen.append(int(sure[0]) if len(sure) else int(correct[np.argmax(confidence[correct])]))
+        if len(chosen) == MAX_REFERENCES:
+            break
+    if not chosen:
+        chosen = [int(np.argmax(confidence))]
+    return np.asarray(chosen)
+
+
+def export_run(options: ExportOptions) -> ExportResult:
+    try:
+        run = rf.resolve_run(options.run)
+    except rf.RunFolderError as err:
+        raise ExportInputError(str(err)) from None
+    for required in (rf.BEST_MODEL, rf.LABELS, rf.TEST_ARRAYS, rf.TRAIN_SAMPLE_ARRAYS, rf.CONFIG):
+        if not (run / required).is_file():
+            raise ExportInputError(f"{run} is missing {required}; it is not a complete run folder.")
+    config = rf.read_json(run / rf.CONFIG)
+    name = options.name or str(config.get("dataset", "model"))
+    if not is_valid_model_name(name):
+        raise ExportInputError(f"'{name}' is not a valid model name (letters, digits, '_', '.', '-').")
+    labels = rf.read_labels(run / rf.LABELS)
+    test = np.load(run / rf.TEST_ARRAYS)
+    sample = np.load(run / rf.TRAIN_SAMPLE_ARRAYS)
+    test_x, test_y = test["x"], test["y"]
+    if options.test_limit:
+        test_x, test_y = test_x[:options.test_limit], test_y[:options.test_limit]
+
+    repository = ModelRepository(options.models_dir)
+    staging = publish.open_staging(repository, name)  # fails early if the destination is not writable
+    scratch = Path(tempfile.mkdtemp(prefix="pocketcnn-export-"))
+    try:
+        model = load_model_safely(run / rf.BEST_MODEL)
+        input_shape = tuple(int(v) for v in model.input_shape[1:])
+        source_probs = keras_probabilities(model, test_x)
+        source_accuracy = float((source_probs.argmax(axis=1) == test_y).mean())
+        references = choose_references(source_probs, test_y, len(labels))
+        reference_x = test_x[references]
+        log.info("Source: %s, held-out accuracy %.2f %% on %d images", run / rf.BEST_MODEL,
+                 source_accuracy * 100, len(test_x))
+
+        ctx = convert.ExportContext(model, staging, labels, input_shape,
+                                    calibration=sample["x"][:options.calibration_images], opset=options.opset,
+                                    work_dir=scratch)
+        ctx.extras.update(train_x=sample["x"], train_y=sample["y"], test_x=test_x, reference_x=reference_x,
+                          tfmot_options={"qat_epochs": options.qat_epochs, "prune_epochs": options.prune_epochs,
+                                         "prune_sparsity": options.prune_sparsity,
+                                         "seed": int(config.get("seed", 1337))})
+        verdicts = []
+        for step, fmt in enumerate(options.formats, start=1):
+            log.info("[%d/%d] %s", step, len(options.formats), fmt.key)
+            verdicts.append(convert_and_verify(fmt, ctx, options.gates, test_x, test_y, source_probs,
+                                               source_accuracy, reference_x))
+        table = format_table(verdicts, staging, source_accuracy)
+        passed = all(v.status == "passed" for v in verdicts)
+        if not passed:
+            publish.discard(staging)
+            return ExportResult(None, verdicts, table, name, source_accuracy)
+
+        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        reference_doc = write_references(staging, reference_x, test_y[references], labels, source_probs[references],
+                                         verdicts, ctx, options.gates)
+        (staging / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
+        source = {
+            "run": run.name,
+            "model_file": rf.BEST_MODEL,
+            "model_sha256": sha256_file(run / rf.BEST_MODEL),
+            "accuracy": source_accuracy,
+            "test_images": int(len(test_x)),
+            "training": {k: config.get(k) for k in ("dataset", "epochs", "seed", "filters", "optimizer")},
+        }
+
+        def write_manifest(version: int) -> None:
+            fine_tune = {mode: ctx.extras[f"source_{mode}"]["report"] for mode in ("qat", "prune")
+                         if f"source_{mode}" in ctx.extras}
+            manifest = build_manifest(name, version, labels, input_shape, source, verdicts, staging,
+                                      options.gates, reference_doc, fine_tune)
+            atomic_write_json(staging / "manifest.json", manifest)
+            bundle_members = {LABELS_FILE: staging / LABELS_FILE, "manifest.json": staging / "manifest.json"}
+            bundle_members.update({f"{REFERENCE_DIR}/{p.name}": p for p in (staging / REFERENCE_DIR).iterdir()})
+            bundle_members.update({FORMATS[v.key].file: staging / FORMATS[v.key].file
+                                   for v in verdicts if FORMATS[v.key].is_tflite})
+            publish.write_zip(staging / BUNDLE_FILE, bundle_members)
+
+        published = publish.publish(staging, repository, name, write_manifest)
+        return ExportResult(published, verdicts, table, name, source_accuracy)
+    except BaseException:
+        publish.discard(staging)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def convert_and_verify(fmt: Format, ctx, gates: Gates, test_x, test_y, source_probs, source_accuracy,
+                       reference_x) -> verify.Verdict:
+    try:
+        path = convert.EXPORTERS[fmt.key](ctx)
+    except Exception as err:  # noqa: BLE001 - a converter crash is a failed gate, reported with the rest
+        log.error("%s: conversion failed: %s", fmt.key, err)
+        verdict = verify.Verdict(fmt.key, status="error")
+        verdict.failures.append(f"conversion failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
+        return verdict
+    compared_probs, compared_name = source_probs, "keras"
+    mode = {"tflite_qat_int8": "qat", "tflite_pruned_int8": "prune"}.get(fmt.key)
+    if mode:
+        # These files come from a fine-tuned model: agreement is measured against that model, while the
+        # accuracy gate still compares with the original best.keras.
+        compared_probs, compared_name = ctx.extras[f"source_{mode}"]["test_probs"], f"{mode} fine-tuned model"
+    try:
+        return verify.verify(fmt, path, gates.for_family(fmt.family), test_x, test_y, compared_probs,
+                             source_accuracy, reference_x, source=compared_name)
+    except Exception as err:  # noqa: BLE001 - a file its runtime cannot run fails its gate
+        log.error("%s: verification failed: %s", fmt.key, err)
+        verdict = verify.Verdict(fmt.key, status="error")
+        verdict.failures.append(f"{fmt.runtime} could not run the file: {err}")
+        return verdict
+
+
+def reference_tolerance(verdict: verify.Verdict, fmt: Format, gates: Gates) -> float:
+    """How far the service may find this file's outputs from the recorded ones on the reference images.
+    Float formats: their gate. Int8: the largest difference export measured on the whole test set."""
+    limit = gates.for_family(fmt.family).get("max_abs_diff")
+    if limit is not None:
+        return float(limit)
+    return float(max(verdict.max_abs_diff or 0.0, 1 / 255) + 1e-6)
+
+
+def write_references(staging: Path, reference_x, reference_y, labels, keras_outputs, verdicts, ctx,
+                     gates: Gates) -> dict:
+    """Reference images as PNG plus their expected outputs, for the service's start-up check and for
+    on-device checks. PNG is lossless, so decode_image gives back exactly these pixels."""
+    folder = staging / REFERENCE_DIR
+    folder.mkdir()
+    samples = []
+    for index, (image, label) in enumerate(zip(reference_x, reference_y)):
+        file = f"sample_{index:02d}.png"
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(folder / file, format="PNG")
+        samples.append({"file": file, "label": labels[int(label)], "label_index": int(label)})
+    expected = {"keras": keras_outputs}
+    for mode in ("qat", "prune"):
+        if f"source_{mode}" in ctx.extras:
+            expected[f"{mode}_fine_tuned"] = ctx.extras[f"source_{mode}"]["reference_probs"]
+    observed = {v.key: v.reference_outputs for v in verdicts if v.reference_outputs is not None}
+    for position, sample in enumerate(samples):
+        sample["expected"] = {k: [round(float(p), 7) for p in v[position]] for k, v in expected.items()}
+        sample["observed_at_export"] = {k: [round(float(p), 7) for p in v[position]] for k, v in observed.items()}
+    document = {
+        "about": "Reference inputs with the outputs of the Keras model at training=False (and of fine-tuned "
+                 "models for QAT/pruned files). A runtime must reproduce them within the artifact's tolerance "
+                 "and give the same top class, identically on every run.",
+        "samples": samples,
+        "compare_with": {v.key: _expected_key(v.key) for v in verdicts},
+        "tolerance": {v.key: reference_tolerance(v, FORMATS[v.key], gates) for v in verdicts},
+    }
+    atomic_write_json(staging / REFERENCE_FILE, document)
+    return document
+
+
+def _expected_key(key: str) -> str:
+    return {"tflite_qat_int8": "qat_fine_tuned", "tflite_pruned_int8": "prune_fine_tuned"}.get(key, "keras")
+
+
+def build_manifest(name, version, labels, input_shape, source, verdicts, staging, gates, reference_doc, fine_tune):
+    artifacts = {}
+    for verdict in verdicts:
+        fmt = FORMATS[verdict.key]
+        path = staging / fmt.file
+        entry = {
+            "file": fmt.file,
+            "format": {"litert": "tflite", "onnxruntime": "onnx", "tensorflow": "savedmodel"}[fmt.runtime],
+            "runtime": fmt.runtime,
+            "precision": fmt.precision,
+            "description": fmt.description,
+            "bytes": publish.tree_size(path),
+            "sha256": publish.tree_sha256(path),
+            "input": verdict.io.get("input", {}),
+            "output": verdict.io.get("output", {}),
+            "accuracy": verdict.accuracy,
+            "accuracy_drop_points": verdict.accuracy_drop_points,
+            "agreement": verdict.agreement,
+            "ties": verdict.ties,
+            "max_abs_diff": verdict.max_abs_diff,
+            "latency_ms": verdict.latency_ms,
+            "compared_with": verdict.source,
+            "gates": gates.for_family(fmt.family),
+            "status": verdict.status,
+            "checks": {
+                "ops": verdict.ops,
+                "random_ops": verdict.random_ops,
+                "no_random_ops": not verdict.random_ops,
+                "deterministic": verdict.deterministic,
+                "reference_tolerance": reference_doc["tolerance"][verdict.key],
+                "reference_expected": reference_doc["compare_with"][verdict.key],
+            },
+        }
+        if path.is_file():
+            entry["gzip_bytes"] = len(zlib.compress(path.read_bytes(), 9))  # pruning pays off here
+        if fmt.is_tflite:
+            entry["labels_embedded"] = convert.LABELS_METADATA
+        mode = {"tflite_qat_int8": "qat", "tflite_pruned_int8": "prune"}.get(verdict.key)
+        if mode:
+            entry["fine_tune"] = fine_tune.get(mode, {})
+        artifacts[verdict.key] = entry
+    height, width, channels = input_shape
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "version": version,
+        "labels": labels,
+        "input": {
+            "name": convert.INPUT_NAME, "shape": [None, height, width, channels], "dtype": "uint8",
+            "layout": "NHWC", "color_mode": "grayscale" if channels == 1 else "rgb", "range": [0, 255],
+            "preprocessing": "contract.decode_image: first frame, EXIF orientation, transparency on white, "
+                             "centre crop to the input's aspect ratio, bilinear resize; scaling is inside the model",
+        },
+        "output": {"name": convert.OUTPUT_NAME, "shape": [None, len(labels)], "dtype": "float32",
+                   "activation": "softmax"},
+        "source": source,
+        "artifacts": artifacts,
+        "reference": {"file": REFERENCE_FILE, "count": len(reference_doc["samples"])},
+        "mobile_bundle": BUNDLE_FILE,
+        "benchmark": TABLE_FILE,
+        "checks": {
+            "parity": "every artifact was run by its runtime on the held-out test images and compared with its source",
+            "inference_mode": "no dropout or random ops in any graph; 5 runs on the reference images bit-identical",
+        },
+        "exported_with": _versions(),
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
+                    "tensorflow-model-optimization"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def format_table(verdicts: list[verify.Verdict], staging: Path, source_accuracy: float) -> str:
+    header = f"{'format':<20} {'status':<7} {'size':>9} {'accuracy':>9} {'agreement':>10} {'max diff':>9} {'latency':>10}"
+    lines = [f"Held-out accuracy of best.keras: {source_accuracy * 100:.2f} %", header, "-" * len(header)]
+    for v in verdicts:
+        path = staging / FORMATS[v.key].file
+        size = f"{publish.tree_size(path) / 1e6:.2f} MB" if path.exists() else "-"
+        lines.append(
+            f"{v.key:<20} {v.status:<7} {size:>9} "
+            f"{_pct(v.accuracy):>9} {_pct(v.agreement):>10} "
+            f"{(f'{v.max_abs_diff:.1e}' if v.max_abs_diff is not None else '-'):>9} "
+            f"{(f'{v.latency_ms:.3f} ms' if v.latency_ms is not None else '-'):>10}"
+        )
+        for failure in v.failures:
+            lines.append(f"    ! {v.key}: {failure}")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return f"{value * 100:.2f} %" if value is not None else "-"
+
+
+def result_json(result: ExportResult) -> dict:
+    return {
+        "published": str(result.published) if result.published else None,
+        "name": result.name,
+        "source_accuracy": result.source_accuracy,
+        "artifacts": {v.key: {"status": v.status, "failures": v.failures, "accuracy": v.accuracy,
+                              "agreement": v.agreement, "max_abs_diff": v.max_abs_diff,
+                              "latency_ms": v.latency_ms} for v in result.verdicts},
+    }
+
+
+def write_report(path: Path, result: ExportResult) -> None:
+    path.write_text(json.dumps(result_json(result), indent=2) + "\n", encoding="utf-8")
