@@ -34,7 +34,7 @@ export: setup ## Export the newest run to models/ with every release gate; non-z
 	$(PY) -m export $(RUNS)/latest --models-dir $(MODELS) $(ARGS)
 
 serve: setup ## Serve the best published model with gunicorn on HOST:PORT (default 127.0.0.1:8000)
-	POCKETCNN_MODEL_REPOSITORY=$(MODELS) $(VENV)/bin/gunicorn -c serve/gunicorn_conf.py --bind $(HOST):$(PORT) 'serve:create_app()'
+	POCKETCNN_MODEL_REPOSITORY=$(MODELS) $(VENV)/bin/gunicorn -c python:serve.gunicorn_conf --bind $(HOST):$(PORT) 'serve:create_app()'
 
 run: setup ## Train (if no run yet), export (if no model yet), then serve with the web page
 	@if [ ! -e $(RUNS)/latest ]; then echo "No trained model yet: training the default recipe (about 20 minutes)"; \

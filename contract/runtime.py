@@ -1,7 +1,8 @@
-"""Run an exported artifact the way servers and phones do: LiteRT for .tflite, ONNX Runtime for .onnx.
+"""Run an exported artifact the way servers and phones do: LiteRT for .tflite, ONNX Runtime for .onnx
+(and TensorFlow for a SavedModel, only where TensorFlow is installed).
 
 Export's parity checks and the service both use these runners, so the service runs exactly the code
-path that export proved. No TensorFlow here. Input: uint8 pixels (N, H, W, C) from decode_image;
+path that export proved. TensorFlow is imported only by the SavedModel runner. Input: uint8 pixels (N, H, W, C) from decode_image;
 output: float32 probabilities (N, classes). Quantized models get their input quantized and their
 output dequantized with the scale and zero-point stored in the model file.
 """
@@ -91,6 +92,46 @@ class OnnxRunner:
         }
 
 
+class SavedModelRunner:
+    """TensorFlow's own loader for the SavedModel (the runtime TF Serving uses)."""
+
+    runtime = "tensorflow"
+
+    def __init__(self, path: Path):
+        try:
+            import tensorflow as tf
+        except ImportError:
+            raise RuntimeLoadError("serving a SavedModel needs TensorFlow, which the serving install leaves out "
+                                   "(pip install tensorflow, or serve the onnx or tflite files)") from None
+        self._tf = tf
+        try:
+            self.loaded = tf.saved_model.load(str(path))
+        except (OSError, ValueError, RuntimeError) as err:
+            raise RuntimeLoadError(f"TensorFlow cannot load the SavedModel {path}: {err}") from None
+        self.function = self.loaded.signatures["serving_default"]
+        self.input_name = next(iter(self.function.structured_input_signature[1]))
+        self.output_name = next(iter(self.function.structured_outputs))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = self.function(**{self.input_name: self._tf.constant(images.astype(np.float32))})
+        return out[self.output_name].numpy()
+
+    def describe(self) -> dict:
+        spec = self.function.structured_input_signature[1][self.input_name]
+        out = self.function.structured_outputs[self.output_name]
+        return {
+            "input": {"name": self.input_name, "dtype": "float32", "shape": [-1, *spec.shape[1:]], "quantization": None},
+            "output": {"name": self.output_name, "dtype": "float32", "shape": [-1, *out.shape[1:]], "quantization": None},
+        }
+
+    def op_types(self) -> set[str]:
+        graph = self.function.graph.as_graph_def()
+        ops = {node.op for node in graph.node}
+        for function in graph.library.function:
+            ops |= {node.op for node in function.node_def}
+        return ops
+
+
 def open_runner(path: str | Path, runtime: str, threads: int = 1):
     path = Path(path)
     if not path.exists():
@@ -99,7 +140,9 @@ def open_runner(path: str | Path, runtime: str, threads: int = 1):
         return LiteRTRunner(path, threads)
     if runtime == "onnxruntime":
         return OnnxRunner(path, threads)
-    raise RuntimeLoadError(f"no runner for runtime '{runtime}' in the serving install (use litert or onnxruntime)")
+    if runtime == "tensorflow":
+        return SavedModelRunner(path)
+    raise RuntimeLoadError(f"unknown runtime '{runtime}' (litert, onnxruntime or tensorflow)")
 
 
 def quantize(images: np.ndarray, dtype: np.dtype, quantization: dict | None) -> np.ndarray:

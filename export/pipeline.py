@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from contract import run_folder as rf
-from contract.files import atomic_write_json, sha256_file
+from contract.files import atomic_write_json, sha256_file, tree_sha256, tree_size
 from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
 from export import convert, publish, verify
 from export.formats import FORMATS, Format, Gates
@@ -266,8 +266,8 @@ def build_manifest(name, version, labels, input_shape, source, verdicts, staging
             "runtime": fmt.runtime,
             "precision": fmt.precision,
             "description": fmt.description,
-            "bytes": publish.tree_size(path),
-            "sha256": publish.tree_sha256(path),
+            "bytes": tree_size(path),
+            "sha256": tree_sha256(path),
             "input": verdict.io.get("input", {}),
             "output": verdict.io.get("output", {}),
             "accuracy": verdict.accuracy,
@@ -341,7 +341,7 @@ def format_table(verdicts: list[verify.Verdict], staging: Path, source_accuracy:
     lines = [f"Held-out accuracy of best.keras: {source_accuracy * 100:.2f} %", header, "-" * len(header)]
     for v in verdicts:
         path = staging / FORMATS[v.key].file
-        size = f"{publish.tree_size(path) / 1e6:.2f} MB" if path.exists() else "-"
+        size = f"{tree_size(path) / 1e6:.2f} MB" if path.exists() else "-"
         lines.append(
             f"{v.key:<20} {v.status:<7} {size:>9} "
             f"{_pct(v.accuracy):>9} {_pct(v.agreement):>10} "

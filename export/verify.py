@@ -19,43 +19,7 @@ LATENCY_RUNS = 200
 DETERMINISM_RUNS = 5
 
 
-class SavedModelRunner:
-    """TensorFlow's own loader for the SavedModel (the runtime TF Serving uses)."""
-
-    runtime = "tensorflow"
-
-    def __init__(self, path: Path):
-        import tensorflow as tf
-
-        self._tf = tf
-        self.loaded = tf.saved_model.load(str(path))
-        self.function = self.loaded.signatures["serving_default"]
-        self.input_name = next(iter(self.function.structured_input_signature[1]))
-        self.output_name = next(iter(self.function.structured_outputs))
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        out = self.function(**{self.input_name: self._tf.constant(images.astype(np.float32))})
-        return out[self.output_name].numpy()
-
-    def describe(self) -> dict:
-        spec = self.function.structured_input_signature[1][self.input_name]
-        out = self.function.structured_outputs[self.output_name]
-        return {
-            "input": {"name": self.input_name, "dtype": "float32", "shape": [-1, *spec.shape[1:]], "quantization": None},
-            "output": {"name": self.output_name, "dtype": "float32", "shape": [-1, *out.shape[1:]], "quantization": None},
-        }
-
-    def op_types(self) -> set[str]:
-        graph = self.function.graph.as_graph_def()
-        ops = {node.op for node in graph.node}
-        for function in graph.library.function:
-            ops |= {node.op for node in function.node_def}
-        return ops
-
-
 def open_artifact(fmt: Format, path: Path):
-    if fmt.runtime == "tensorflow":
-        return SavedModelRunner(path)
     return open_runner(path, fmt.runtime)
 
 

@@ -67,3 +67,93 @@ def model_repository(tmp_path_factory, trained_run):
 @pytest.fixture(scope="session")
 def published_version(model_repository):
     return model_repository / "fashion_mnist" / "1"
+
+
+# --- a real gunicorn on a loopback port ---------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GunicornServer:
+    """gunicorn -c python:serve.gunicorn_conf 'serve:create_app()' as `make serve` runs it."""
+
+    def __init__(self, repository: Path, env: dict | None = None, python: str = sys.executable,
+                 cwd: Path = ROOT, workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        gunicorn = str(Path(python).parent / "gunicorn")
+        self.env = dict(os.environ, POCKETCNN_MODEL_REPOSITORY=str(repository), POCKETCNN_WORKERS=str(workers),
+                        POCKETCNN_BIND=f"127.0.0.1:{self.port}", **(env or {}))
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.command = [gunicorn, "-c", "python:serve.gunicorn_conf", "serve:create_app()"]
+        self.cwd = cwd
+        self.log_path = Path(self.env.get("POCKETCNN_TEST_LOG", f"/tmp/pocketcnn-gunicorn-{self.port}.log"))
+        self.process = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> "GunicornServer":
+        import subprocess
+
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        self.wait_for("/healthz" if not wait_ready else "/readyz", timeout)
+        return self
+
+    def wait_for(self, path: str, timeout: float = 60.0) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url}{path} not 200 within {timeout} s:\n{self.output()}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except Exception:  # noqa: BLE001
+                self.process.kill()
+        if self.process:
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(model_repository):
+    """A real gunicorn (2 workers) on a free loopback port serving the session's model; yields its URL."""
+    server = GunicornServer(model_repository).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(model_repository):
+    """The service (Flask app) on the session's model, loaded before the first request."""
+    from serve import create_app
+
+    return create_app({"MODEL_REPOSITORY": str(model_repository), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,331 @@
+"""The Flask application: create_app() builds it; gunicorn runs it ('serve:create_app()').
+
+Settings come from defaults, then environment variables prefixed POCKETCNN_ (e.g.
+POCKETCNN_MODEL_REPOSITORY=/models), then `test_config`. Nothing happens at import time; the model is
+loaded by a background thread started here, i.e. after gunicorn forked the worker (LiteRT and ONNX
+Runtime sessions are not fork-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, Response, g, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from contract import DEFAULT_MAX_PIXELS, ImageError, decode_image, is_valid_model_name
+from serve.inputs import ApiError, Upload, decode_base64, parse_top_k, read_uploads
+from serve.metrics import CONTENT_TYPE_LATEST, Metrics
+from serve.model import ModelManager, ServedModel, parse_policy
+from serve.openapi import openapi_document
+
+log = logging.getLogger("pocketcnn.serve")
+STATIC = Path(__file__).parent / "static"
+SERVABLE_FORMATS = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "tflite_qat_int8",
+                    "tflite_pruned_int8", "onnx", "savedmodel")
+
+DEFAULTS = {
+    "MODEL_REPOSITORY": "models",      # the folder export publishes into
+    "MODEL_NAME": "",                  # empty: the repository's only model
+    "MODEL_VERSION_POLICY": "best",    # best (held-out accuracy) | latest | a version number
+    "MODEL_FORMAT": "tflite_float32",  # fastest here with exact parity; see BENCHMARKS.md
+    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # bytes per request (Flask answers 413 beyond)
+    "MAX_PIXELS": DEFAULT_MAX_PIXELS,  # per image, checked from the header before decoding
+    "MAX_IMAGES": 32,                  # images per request
+    "POLL_SECONDS": 5.0,               # how often to look for a better version (0: never)
+    "SELF_CHECK_RUNS": 5,
+    "INFERENCE_THREADS": 1,            # intra-op threads per worker: workers x this <= cores
+    "LOAD_IN_BACKGROUND": True,        # False: create_app() returns after the first load attempt
+}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("POCKETCNN")
+    if test_config:
+        app.config.update(test_config)
+    check_config(app.config)
+
+    metrics = Metrics()
+    manager = ModelManager(
+        Path(app.config["MODEL_REPOSITORY"]), str(app.config["MODEL_NAME"] or ""),
+        app.config["MODEL_VERSION_POLICY"], app.config["MODEL_FORMAT"],
+        poll_seconds=float(app.config["POLL_SECONDS"]), self_check_runs=int(app.config["SELF_CHECK_RUNS"]),
+        threads=int(app.config["INFERENCE_THREADS"]), on_event=metrics.model_event,
+    )
+    app.extensions["pocketcnn"] = manager
+    app.extensions["pocketcnn_metrics"] = metrics
+    register_routes(app, manager, metrics)
+    register_error_handlers(app)
+    register_request_metrics(app, metrics)
+    if app.config["LOAD_IN_BACKGROUND"]:
+        manager.start()
+    else:
+        manager.refresh()
+        if manager.poll_seconds > 0:
+            manager.start()
+    return app
+
+
+def check_config(config) -> None:
+    """Refuse to start with settings that cannot work: a worker that fails here makes gunicorn exit."""
+    parse_policy(config["MODEL_VERSION_POLICY"])
+    if config["MODEL_FORMAT"] not in SERVABLE_FORMATS:
+        raise ValueError(f"POCKETCNN_MODEL_FORMAT must be one of {', '.join(SERVABLE_FORMATS)}, "
+                         f"not {config['MODEL_FORMAT']!r}")
+    if config["MODEL_NAME"] and not is_valid_model_name(str(config["MODEL_NAME"])):
+        raise ValueError(f"POCKETCNN_MODEL_NAME {config['MODEL_NAME']!r} is not a valid model name")
+    for key in ("MAX_CONTENT_LENGTH", "MAX_PIXELS", "MAX_IMAGES", "SELF_CHECK_RUNS", "INFERENCE_THREADS"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"POCKETCNN_{key} must be a positive integer, not {config[key]!r}")
+
+
+# --- prediction -----------------------------------------------------------------------------------
+
+def rank(probabilities: np.ndarray, labels: list[str], top_k: int | None) -> list[dict]:
+    """Every class with its percentage, most likely first. Percentages have two decimals and sum to
+    exactly 100 (largest-remainder rounding), so a page can show them as they are."""
+    p = np.clip(probabilities.astype(np.float64), 0.0, None)
+    total = p.sum()
+    p = p / total if total > 0 else np.full_like(p, 1.0 / len(p))
+    hundredths = p * 10000.0
+    floors = np.floor(hundredths)
+    missing = int(round(10000 - floors.sum()))
+    if missing > 0:
+        floors[np.argsort(-(hundredths - floors), kind="stable")[:missing]] += 1
+    order = np.argsort(-p, kind="stable")[: top_k or len(p)]
+    return [{"label": labels[i], "index": int(i), "percent": round(float(floors[i]) / 100, 2)} for i in order]
+
+
+def decode_uploads(uploads: list[Upload], model: ServedModel, max_pixels: int) -> np.ndarray:
+    pixels = np.empty((len(uploads), model.height, model.width, model.channels), dtype=np.uint8)
+    for index, upload in enumerate(uploads):
+        try:
+            pixels[index] = decode_image(upload.data, model.height, model.width, model.channels, max_pixels)
+        except ImageError as err:
+            which = f"'{upload.filename}'" if upload.filename else (f"image {index + 1}" if len(uploads) > 1 else "the image")
+            raise ApiError(err.status, err.code, f"Cannot use {which}: {err}") from None
+    return pixels
+
+
+def sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def register_routes(app: Flask, manager: ModelManager, metrics: Metrics) -> None:
+    max_pixels = int(app.config["MAX_PIXELS"])
+    max_images = int(app.config["MAX_IMAGES"])
+
+    def served() -> ServedModel:
+        model = manager.current
+        if model is None:
+            raise ApiError(503, "not_ready", f"The model is not ready: {sentence(manager.reason)}")
+        return model
+
+    @app.post("/predict")
+    def predict():
+        started = time.perf_counter()
+        model = served()  # one reference for the whole request, even if a new version arrives meanwhile
+        uploads, batch, raw_top_k = read_uploads(request, max_images)
+        top_k = parse_top_k(raw_top_k, len(model.labels))
+        pixels = decode_uploads(uploads, model, max_pixels)
+        decoded = time.perf_counter()
+        probabilities = model.predict(pixels)
+        inferred = time.perf_counter()
+        metrics.decode_ms.observe((decoded - started) * 1000 / len(uploads))
+        metrics.inference_ms.observe((inferred - decoded) * 1000)
+        metrics.images.inc(len(uploads))
+        timing = {"decode": round((decoded - started) * 1000, 3), "inference": round((inferred - decoded) * 1000, 3)}
+        if batch:
+            results = [{"filename": u.filename, "predictions": rank(p, model.labels, top_k)}
+                       for u, p in zip(uploads, probabilities)]
+            body = {"model": model.describe(), "results": results}
+        else:
+            body = {"model": model.describe(), "predictions": rank(probabilities[0], model.labels, top_k)}
+        timing["total"] = round((time.perf_counter() - started) * 1000, 3)
+        body["timing_ms"] = timing
+        return json_response(body)
+
+    # --- TensorFlow Serving's REST API, so existing clients work unchanged ----------------------------
+    def served_as(name: str, version: int | None = None) -> ServedModel:
+        model = served()
+        if name != model.name:
+            shown = name if is_valid_model_name(name) else "(invalid name)"
+            raise ApiError(404, "model_not_found", f"Model '{shown}' is not served here; this service serves "
+                                                   f"'{model.name}'.")
+        if version is not None and version != model.version:
+            raise ApiError(404, "version_not_found", f"Version {version} of '{name}' is not served; "
+                                                     f"version {model.version} is.")
+        return model
+
+    @app.post("/v1/models/<name>:predict")
+    @app.post("/v1/models/<name>/versions/<int:version>:predict")
+    def tfserving_predict(name: str, version: int | None = None):
+        model = served_as(name, version)
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", 'Send JSON {"instances": [{"b64": "<base64 image>"}, ...]} '
+                                                "or pixel arrays.")
+        instances = body.get("instances", body.get("inputs"))
+        if isinstance(instances, dict):  # columnar form: {"inputs": {"image": [...]}}
+            instances = instances.get("image")
+        if not isinstance(instances, list) or not instances:
+            raise ApiError(400, "invalid_json", '"instances" must be a non-empty list.')
+        if len(instances) > max_images:
+            raise ApiError(413, "too_many_images", f"{len(instances)} instances; the limit is {max_images}.")
+        pixels = np.stack([instance_pixels(item, i, model, max_pixels) for i, item in enumerate(instances)])
+        probabilities = model.predict(pixels)
+        metrics.images.inc(len(instances))
+        return json_response({"predictions": [[round(float(v), 7) for v in row] for row in probabilities]})
+
+    @app.get("/v1/models/<name>")
+    @app.get("/v1/models/<name>/versions/<int:version>")
+    def tfserving_status(name: str, version: int | None = None):
+        model = served_as(name, version)
+        return json_response({"model_version_status": [
+            {"version": str(model.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]})
+
+    @app.get("/v1/models/<name>/metadata")
+    @app.get("/v1/models/<name>/versions/<int:version>/metadata")
+    def tfserving_metadata(name: str, version: int | None = None):
+        model = served_as(name, version)
+
+        def tensor(name_, dtype, shape):
+            return {"dtype": dtype, "name": name_, "tensor_shape": {"dim": [{"size": str(-1 if d is None else d)}
+                                                                            for d in shape]}}
+        signature = {
+            "inputs": {"image": tensor("image", "DT_FLOAT", model.manifest["input"]["shape"])},
+            "outputs": {"probabilities": tensor("probabilities", "DT_FLOAT", model.manifest["output"]["shape"])},
+            "method_name": "tensorflow/serving/predict",
+        }
+        return json_response({
+            "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+            "labels": model.labels,
+        })
+
+    # --- operations ------------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz():
+        return json_response({"status": "alive"})
+
+    @app.get("/readyz")
+    def readyz():
+        model = manager.current
+        if model is None:
+            return json_response({"status": "not_ready",
+                                  "error": {"code": "not_ready", "message": sentence(manager.reason)}}, 503)
+        return json_response({"status": "ready", "model": model.describe(), "self_check": model.self_check["reason"]})
+
+    @app.get("/model")
+    def model_info():
+        model = manager.current
+        refused = dict(manager.failures)
+        if model is None:
+            return json_response({"status": "not_ready",
+                                  "error": {"code": "not_ready", "message": sentence(manager.reason)},
+                                  "refused_versions": refused}, 503)
+        return json_response({
+            "status": "ready", "served": model.describe(), "policy": str(manager.policy),
+            "loaded_at": model.loaded_at, "self_check": model.self_check, "refused_versions": refused,
+            "manifest": model.manifest,
+        })
+
+    @app.get("/metrics")
+    def prometheus():
+        model = manager.current
+        if model is not None:
+            metrics.model_info.labels(model.name, str(model.version), model.format).set(1)
+        metrics.ready.set(1 if model is not None else 0)
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    def openapi():
+        model = manager.current
+        return json_response(openapi_document(model.labels if model else None, max_images,
+                                              int(app.config["MAX_CONTENT_LENGTH"])))
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC, "index.html", max_age=0)
+
+
+def instance_pixels(item, index: int, model: ServedModel, max_pixels: int) -> np.ndarray:
+    """One TF Serving instance -> (H, W, C) pixels: {"b64": ...} is an image file, a nested list is pixels."""
+    if isinstance(item, dict) and "image" in item and "b64" not in item:
+        item = item["image"]  # named-input row form: {"image": ...}
+    if isinstance(item, dict) and "b64" in item:
+        data = decode_base64(item, f"instances[{index}].b64")
+        try:
+            return decode_image(data, model.height, model.width, model.channels, max_pixels)
+        except ImageError as err:
+            raise ApiError(err.status, err.code, f"Cannot use instances[{index}]: {err}") from None
+    if isinstance(item, list):
+        try:
+            array = np.asarray(item, dtype=np.float32)
+        except (ValueError, TypeError):
+            array = None
+        expected = (model.height, model.width, model.channels)
+        if array is not None and model.channels == 1 and array.shape == expected[:2]:
+            array = array[..., np.newaxis]
+        if array is None or array.shape != expected:
+            raise ApiError(400, "invalid_instance", f"instances[{index}] must be {{\"b64\": \"<image>\"}} or a "
+                                                    f"{expected[0]}x{expected[1]}x{expected[2]} array of pixel values.")
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+            raise ApiError(400, "invalid_instance", f"instances[{index}]: pixel values must be between 0 and 255.")
+        return array
+    raise ApiError(400, "invalid_instance", f'instances[{index}] must be {{"b64": "<base64 image>"}} or a pixel array.')
+
+
+# --- errors and request metrics ----------------------------------------------------------------------
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return json_response({"error": {"code": err.code, "message": err.message}}, err.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        messages = {
+            404: f"No such endpoint: {request.path}. The API is described at /openapi.json.",
+            405: f"{request.method} is not allowed on {request.path}"
+                 + (f"; use {', '.join(sorted(m for m in (err.valid_methods or []) if m not in ('HEAD', 'OPTIONS')))}."
+                    if getattr(err, "valid_methods", None) else "."),
+            413: f"The request is larger than the limit of {app.config['MAX_CONTENT_LENGTH']:,} bytes. Send a smaller photo.",
+        }
+        code = (err.name or "error").lower().replace(" ", "_").replace("'", "")
+        response = json_response({"error": {"code": code, "message": messages.get(err.code, err.description)}},
+                                 err.code or 500)
+        if err.code == 405 and getattr(err, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(err.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": {"code": "internal_error",
+                                        "message": "The server failed to handle this request; it was logged."}}, 500)
+
+
+def register_request_metrics(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def record(response: Response):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.request_ms.labels(endpoint).observe((time.perf_counter() - g.started) * 1000)
+        return response

@@ -1,0 +1,43 @@
+"""gunicorn settings for pocketcnn:  gunicorn -c python:serve.gunicorn_conf 'serve:create_app()'
+
+Environment: POCKETCNN_BIND (default 127.0.0.1:8000; the container uses 0.0.0.0:8000),
+POCKETCNN_WORKERS (default: one per CPU core), POCKETCNN_THREADS (default 4 per worker),
+POCKETCNN_REQUEST_TIMEOUT (seconds, default 30). Model settings: see serve/app.py DEFAULTS.
+"""
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("POCKETCNN_BIND", "127.0.0.1:8000")
+# One worker per core, each inference single-threaded (POCKETCNN_INFERENCE_THREADS=1): workers x
+# intra-op threads = cores, so requests never fight over CPUs. Threads overlap network I/O.
+workers = int(os.environ.get("POCKETCNN_WORKERS", os.cpu_count() or 1))
+threads = int(os.environ.get("POCKETCNN_THREADS", 4))
+worker_class = "gthread"
+preload_app = False  # each worker imports and loads the model after the fork: runtimes are not fork-safe
+timeout = int(os.environ.get("POCKETCNN_REQUEST_TIMEOUT", 30))  # a stuck worker is killed and replaced
+graceful_timeout = 10
+keepalive = 5
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+errorlog = "-"
+loglevel = os.environ.get("POCKETCNN_LOG_LEVEL", "info")
+accesslog = os.environ.get("POCKETCNN_ACCESS_LOG") or None  # off by default: it costs throughput
+proc_name = "pocketcnn"
+
+# Prometheus: every worker writes its samples into one shared folder; /metrics sums them.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pocketcnn-metrics-"))
+
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)  # samples of an earlier run would be added to ours
+    os.makedirs(folder, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

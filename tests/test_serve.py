@@ -1,0 +1,428 @@
+"""The service through Flask's test client: every input form, batches, every error status, the TF
+Serving routes, readiness, the self-check, version policy, hot pick-up, metrics and OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contract import decode_image, read_manifest
+from contract.files import sha256_file
+from contract.runtime import open_runner
+from helpers import encode, png_bytes, png_claiming_size
+from serve import create_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def images(fashion_mnist_test):
+    x, y = fashion_mnist_test
+    return [png_bytes(image) for image in x[:6]], x[:6], y[:6]
+
+
+@pytest.fixture(scope="module")
+def expected(published_version, images):
+    """What the served file gives for each image, computed without the service."""
+    runner = open_runner(published_version / "model_float32.tflite", "litert")
+    pngs, _, _ = images
+    return runner.predict(np.stack([decode_image(p, 28, 28, 1) for p in pngs]))
+
+
+def check_answer(predictions, probabilities, labels):
+    percents = [p["percent"] for p in predictions]
+    assert percents == sorted(percents, reverse=True)
+    assert sum(percents) == pytest.approx(100.0, abs=1e-6)
+    assert [p["label"] for p in predictions] == [labels[i] for i in np.argsort(-probabilities, kind="stable")]
+    assert predictions[0]["percent"] == pytest.approx(100 * probabilities.max() / probabilities.sum(), abs=0.011)
+
+
+# --- input forms -------------------------------------------------------------------------------
+
+def test_multipart_upload(client, images, expected, app):
+    pngs, _, _ = images
+    response = client.post("/predict", data={"image": (io.BytesIO(pngs[0]), "boot.png")})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == {"name": "fashion_mnist", "version": 1, "format": "tflite_float32"}
+    labels = app.extensions["pocketcnn"].current.labels
+    assert len(body["predictions"]) == 10
+    check_answer(body["predictions"], expected[0], labels)
+    assert set(body["timing_ms"]) == {"decode", "inference", "total"}
+
+
+def test_several_files_answer_in_order(client, images, expected, app):
+    pngs, _, _ = images
+    files = [(io.BytesIO(p), f"{i}.png") for i, p in enumerate(pngs)]
+    body = client.post("/predict", data={"image": files}).get_json()
+    labels = app.extensions["pocketcnn"].current.labels
+    assert [r["filename"] for r in body["results"]] == [f"{i}.png" for i in range(len(pngs))]
+    for result, probabilities in zip(body["results"], expected):
+        check_answer(result["predictions"], probabilities, labels)
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "application/octet-stream"])
+def test_raw_body(client, images, expected, app, content_type):
+    # the declared type need not match the bytes: the decoder looks at the bytes
+    body = client.post("/predict", data=images[0][1], content_type=content_type).get_json()
+    check_answer(body["predictions"], expected[1], app.extensions["pocketcnn"].current.labels)
+
+
+def test_base64_json_single_batch_and_data_url(client, images, expected, app):
+    pngs, _, _ = images
+    labels = app.extensions["pocketcnn"].current.labels
+    b64 = [base64.b64encode(p).decode() for p in pngs]
+    single = client.post("/predict", json={"image": b64[2]}).get_json()
+    check_answer(single["predictions"], expected[2], labels)
+    batch = client.post("/predict", json={"images": b64[:3]}).get_json()
+    assert len(batch["results"]) == 3 and batch["results"][1]["filename"] is None
+    check_answer(batch["results"][2]["predictions"], expected[2], labels)
+    data_url = client.post("/predict", json={"image": "data:image/png;base64," + b64[3]}).get_json()
+    check_answer(data_url["predictions"], expected[3], labels)
+
+
+def test_photos_as_people_send_them(client, images):
+    """A big EXIF-rotated RGBA photo and a CMYK JPEG go through the same decode as training."""
+    _, x, _ = images
+    picture = Image.fromarray(x[0].squeeze(-1)).resize((640, 640)).convert("RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down
+    upside_down = encode(picture.rotate(180), "PNG", exif=exif)
+    upright = client.post("/predict", data=encode(picture, "PNG"), content_type="image/png").get_json()
+    rotated = client.post("/predict", data=upside_down, content_type="image/png").get_json()
+    assert rotated["predictions"] == upright["predictions"]  # the service turned it the right way up
+    not_turned = client.post("/predict", data=encode(picture.rotate(180), "PNG"), content_type="image/png").get_json()
+    assert not_turned["predictions"] != upright["predictions"]  # (the orientation really matters here)
+    cmyk = encode(Image.fromarray(x[0].squeeze(-1)).convert("CMYK"), "JPEG", quality=95)
+    assert client.post("/predict", data=cmyk, content_type="image/jpeg").status_code == 200
+
+
+@pytest.mark.parametrize("where", ["query", "form", "json"])
+def test_top_k(client, images, where):
+    png = images[0][0]
+    if where == "query":
+        response = client.post("/predict?top_k=3", data=png, content_type="image/png")
+    elif where == "form":
+        response = client.post("/predict", data={"image": (io.BytesIO(png), "a.png"), "top_k": "3"})
+    else:
+        response = client.post("/predict", json={"image": base64.b64encode(png).decode(), "top_k": 3})
+    predictions = response.get_json()["predictions"]
+    assert len(predictions) == 3 and predictions[0]["percent"] >= predictions[2]["percent"]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "10000", "2.5", ""])
+def test_bad_top_k_is_400(client, images, value):
+    response = client.post("/predict", json={"image": base64.b64encode(images[0][0]).decode(),
+                                             "top_k": value if value != "" else True})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_top_k"
+    assert "top_k must be a whole number from 1 to 10" in response.get_json()["error"]["message"]
+
+
+def _error(response):
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"].endswith((".", ")")), "a sentence"
+    return response.status_code, body["error"]["code"]
+
+
+@pytest.mark.parametrize("request_kwargs,status,code", [
+    ({"data": {"photo": (io.BytesIO(b"x"), "a.png")}}, 400, "missing_image"),
+    ({"data": {"image": (io.BytesIO(b""), "empty.png")}}, 400, "empty_image"),
+    ({}, 400, "missing_image"),
+    ({"data": b"<html>not an image</html>", "content_type": "image/png"}, 400, "invalid_image"),
+    ({"data": b"\x89PNG\r\n\x1a\n\x00\x00", "content_type": "image/png"}, 400, "invalid_image"),
+    ({"json": {"image": "%%% not base64 %%%"}}, 400, "invalid_base64"),
+    ({"json": {"image": 12}}, 400, "invalid_base64"),
+    ({"json": ["image"]}, 400, "invalid_json"),
+    ({"json": {"picture": "abc"}}, 400, "missing_image"),
+    ({"json": {"images": []}}, 400, "invalid_json"),
+    ({"data": b"{not json", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": png_claiming_size(30000, 30000), "content_type": "image/png"}, 413, "image_too_large"),
+    ({"data": b"hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"data": b"a=1", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+])
+def test_bad_requests_get_the_documented_status(client, request_kwargs, status, code):
+    assert _error(client.post("/predict", **request_kwargs)) == (status, code)
+
+
+def test_limits_on_bytes_and_images(model_repository, images):
+    app = create_app({"MODEL_REPOSITORY": str(model_repository), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
+                      "MAX_CONTENT_LENGTH": 50_000, "MAX_IMAGES": 3})
+    client = app.test_client()
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    big = encode(Image.fromarray(noise), "PNG")  # noise does not compress
+    assert len(big) > 50_000
+    status, code = _error(client.post("/predict", data=big, content_type="image/png"))
+    assert (status, code) == (413, "request_entity_too_large")
+    def files(count):
+        return [(io.BytesIO(images[0][0]), f"{i}.png") for i in range(count)]
+    assert _error(client.post("/predict", data={"image": files(4)})) == (413, "too_many_images")
+    assert client.post("/predict", data={"image": files(3)}).status_code == 200
+
+
+def test_unknown_routes_and_methods(client):
+    assert _error(client.get("/nowhere")) == (404, "not_found")
+    response = client.get("/predict")
+    assert _error(response) == (405, "method_not_allowed") and "POST" in response.headers["Allow"]
+    assert _error(client.delete("/healthz"))[0] == 405
+
+
+# --- TensorFlow Serving compatibility ------------------------------------------------------------
+
+def test_tf_serving_predict_with_b64_and_pixel_arrays(client, images, expected):
+    pngs, x, _ = images
+    body = {"instances": [{"b64": base64.b64encode(pngs[0]).decode()}, x[1].squeeze(-1).tolist(), x[2].tolist(),
+                          {"image": {"b64": base64.b64encode(pngs[3]).decode()}}]}
+    response = client.post("/v1/models/fashion_mnist:predict", json=body)
+    assert response.status_code == 200
+    predictions = np.asarray(response.get_json()["predictions"])
+    assert predictions.shape == (4, 10)
+    assert np.abs(predictions - expected[:4]).max() < 1e-6
+    pinned = client.post("/v1/models/fashion_mnist/versions/1:predict", json={"instances": body["instances"][:1]})
+    assert pinned.status_code == 200
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/v1/models/other:predict", 404),
+    ("/v1/models/fashion_mnist/versions/7:predict", 404),
+    ("/v1/models/..%2F..%2Fetc%2Fpasswd:predict", 404),
+    ("/v1/models/../../etc/passwd:predict", 404),
+    ("/v1/models/%2e%2e:predict", 404),
+])
+def test_tf_serving_unknown_or_tricky_model_names(client, path, status):
+    response = client.post(path, json={"instances": [[0]]})
+    assert response.status_code == status
+    assert "root:" not in response.get_data(as_text=True)  # nothing from outside the repository is read
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"instances": []}, "invalid_json"),
+    ({"instances": [[1, 2, 3]]}, "invalid_instance"),
+    ({"instances": [np.full((28, 28), 300).tolist()]}, "invalid_instance"),
+    ({"instances": ["not-an-object"]}, "invalid_instance"),
+    ({"instances": [{"b64": "!!"}]}, "invalid_base64"),
+    ({"signature_name": "x"}, "invalid_json"),
+])
+def test_tf_serving_bad_bodies(client, body, code):
+    assert _error(client.post("/v1/models/fashion_mnist:predict", json=body)) == (400, code)
+
+
+def test_tf_serving_status_and_metadata(client):
+    status = client.get("/v1/models/fashion_mnist").get_json()
+    assert status["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
+                                                 "status": {"error_code": "OK", "error_message": ""}}
+    metadata = client.get("/v1/models/fashion_mnist/metadata").get_json()
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+    assert client.get("/v1/models/nope/metadata").status_code == 404
+
+
+# --- readiness, self-check, version policy, hot pick-up -------------------------------------------
+
+def copy_version(source, repository, version: int, accuracy: float | None = None):
+    target = repository / "fashion_mnist" / str(version)
+    shutil.copytree(source, target)
+    if accuracy is not None:
+        manifest = read_manifest(target)
+        manifest["artifacts"]["tflite_float32"]["accuracy"] = accuracy
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_health_and_model_endpoints(client):
+    assert client.get("/healthz").get_json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["model"]["version"] == 1
+    info = client.get("/model").get_json()
+    check = info["self_check"]
+    assert check["passed"] and check["deterministic"] and check["runs"] == 5 and check["graph_no_random_ops"]
+    assert check["top1_matches"] == check["samples"] >= 8 and check["max_abs_diff"] <= check["tolerance"]
+    assert info["manifest"]["labels"][0] == "T-shirt/top"
+
+
+def test_not_ready_until_a_model_arrives(tmp_path, published_version, images):
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "no model in" in response.get_json()["error"]["message"]
+    assert _error(client.post("/predict", data=images[0][0], content_type="image/png")) == (503, "not_ready")
+    assert client.get("/healthz").status_code == 200  # alive, just not ready
+    copy_version(published_version, tmp_path, 1)
+    app.extensions["pocketcnn"].refresh()
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
+
+
+def _doctor_weights(path):
+    """Flip bytes in the middle of the biggest weights, and re-sign the manifest so only the
+    self-check can notice."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 20000] = bytes(b ^ 0x5A for b in data[middle:middle + 20000])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("doctored", "self-check failed"),
+    ("truncated", "does not match its manifest"),
+    ("missing", "is missing"),
+    ("no-reference", "reference samples unreadable"),
+])
+def test_a_damaged_model_is_never_served(tmp_path, published_version, damage, reason):
+    version = copy_version(published_version, tmp_path, 1)
+    model_file = version / "model_float32.tflite"
+    if damage == "doctored":
+        _doctor_weights(model_file)
+        manifest = read_manifest(version)
+        manifest["artifacts"]["tflite_float32"]["sha256"] = sha256_file(model_file)
+        (version / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "truncated":
+        model_file.write_bytes(model_file.read_bytes()[:5000])
+    elif damage == "missing":
+        model_file.unlink()
+    else:
+        shutil.rmtree(version / "reference")
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert reason in ready.get_json()["error"]["message"]
+    assert reason in app.test_client().get("/model").get_json()["refused_versions"]["fashion_mnist/1"]
+
+
+def test_self_check_catches_dropout_left_active(published_version):
+    """A runner whose outputs vary from run to run (what dropout at inference looks like) fails."""
+    from serve.model import ServedModel, self_check
+
+    runner = open_runner(published_version / "model_float32.tflite", "litert")
+    rng = np.random.default_rng(0)
+
+    class DropoutStillOn:
+        def predict(self, pixels):
+            out = runner.predict(pixels) * (rng.random((len(pixels), 10)) > 0.5) * 2
+            return out / out.sum(axis=1, keepdims=True)
+
+    manifest = read_manifest(published_version)
+    model = ServedModel("fashion_mnist", 1, published_version, "tflite_float32", manifest, DropoutStillOn(),
+                        manifest["labels"], 28, 28, 1)
+    result = self_check(model, manifest["artifacts"]["tflite_float32"], runs=5)
+    assert not result["passed"] and "differ between 5 runs" in result["reason"]
+    model.runner = runner
+    assert self_check(model, manifest["artifacts"]["tflite_float32"], runs=5)["passed"]
+
+
+@pytest.mark.parametrize("policy,served", [("best", 2), ("latest", 3), (1, 1), ("3", 3)])
+def test_version_policy(tmp_path, published_version, policy, served):
+    copy_version(published_version, tmp_path, 1, accuracy=0.80)
+    copy_version(published_version, tmp_path, 2, accuracy=0.95)
+    copy_version(published_version, tmp_path, 3, accuracy=0.85)
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
+                      "MODEL_VERSION_POLICY": policy})
+    assert app.test_client().get("/readyz").get_json()["model"]["version"] == served
+
+
+def test_a_pinned_version_that_does_not_exist_is_not_ready(tmp_path, published_version):
+    copy_version(published_version, tmp_path, 1)
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
+                      "MODEL_VERSION_POLICY": 5})
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and "version 5 of 'fashion_mnist'" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"MODEL_VERSION_POLICY": "newest"}, "version policy must be"),
+    ({"MODEL_FORMAT": "tflite_int9"}, "POCKETCNN_MODEL_FORMAT must be one of"),
+    ({"MAX_IMAGES": 0}, "POCKETCNN_MAX_IMAGES must be a positive integer"),
+    ({"MODEL_NAME": "../x"}, "not a valid model name"),
+])
+def test_bad_settings_refuse_to_start(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, **settings})
+
+
+def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_path, published_version, images):
+    copy_version(published_version, tmp_path, 1, accuracy=0.80)
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "POLL_SECONDS": 0.2})
+    manager = app.extensions["pocketcnn"]
+    assert manager.wait_first_attempt(30) and manager.ready
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def hammer():
+        client = app.test_client()
+        while not stop.is_set():
+            response = client.post("/predict", data=images[0][0], content_type="image/png")
+            statuses.append(response.status_code)
+            versions.add(response.get_json()["model"]["version"])
+
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.5)
+        copy_version(published_version, tmp_path, 2, accuracy=0.95)  # a better version appears
+        deadline = time.monotonic() + 20
+        while manager.current.version != 2:
+            assert time.monotonic() < deadline, "version 2 was not picked up"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        broken = copy_version(published_version, tmp_path, 3, accuracy=0.99)  # better on paper, but broken
+        (broken / "model_float32.tflite").write_bytes(b"garbage")
+        deadline = time.monotonic() + 20
+        while "fashion_mnist/3" not in manager.failures:
+            assert time.monotonic() < deadline, "version 3 was never tried"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert manager.current.version == 2, "the broken version must not replace the working one"
+    assert set(statuses) == {200} and len(statuses) > 50
+    assert versions == {1, 2}
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'pocketcnn_model_load_failures_total{name="fashion_mnist",version="3"} 1.0' in metrics
+    assert "pocketcnn_model_swaps_total 1.0" in metrics
+    manager.stop()
+
+
+# --- metrics, OpenAPI, web page ---------------------------------------------------------------------
+
+def test_metrics(client, images):
+    client.post("/predict", data=images[0][0], content_type="image/png")
+    client.post("/predict", data=b"x", content_type="text/plain")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="200"}' in text
+    assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="415"}' in text
+    for histogram in ("pocketcnn_decode_duration_ms", "pocketcnn_inference_duration_ms", "pocketcnn_request_duration_ms"):
+        assert f'{histogram}_bucket{{' in text and 'le="0.5"' in text and 'le="1000.0"' in text, histogram
+    assert 'pocketcnn_model_info{format="tflite_float32",name="fashion_mnist",version="1"} 1.0' in text
+    assert "pocketcnn_ready 1.0" in text
+
+
+def test_openapi_documents_every_route(client, app):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    documented = {path for path in document["paths"]}
+    routes = {rule.rule.replace("<name>", "{name}").replace("<int:version>", "{version}")
+              for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert documented == routes
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert "200" in operation["responses"], (path, method)
+    assert document["components"]["schemas"]["Prediction"]["properties"]["label"]["enum"][9] == "Ankle boot"
+
+
+def test_web_page_is_served(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert b"<form" in response.data or b"<input" in response.data
