@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from contract import DEFAULT_MAX_PIXELS, ImageError, decode_image, is_valid_model_name
 from serve.inputs import ApiError, Upload, decode_base64, parse_top_k, read_uploads
@@ -25,6 +25,7 @@ from serve.openapi import openapi_document
 
 log = logging.getLogger("pocketcnn.serve")
 STATIC = Path(__file__).parent / "static"
+DRAIN_LIMIT_FACTOR = 4  # bodies up to 4x the limit are read away before the 413; larger ones are cut off
 SERVABLE_FORMATS = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "tflite_qat_int8",
                     "tflite_pruned_int8", "onnx", "savedmodel")
 
@@ -243,10 +244,6 @@ def register_routes(app: Flask, manager: ModelManager, metrics: Metrics) -> None
 
     @app.get("/metrics")
     def prometheus():
-        model = manager.current
-        if model is not None:
-            metrics.model_info.labels(model.name, str(model.version), model.format).set(1)
-        metrics.ready.set(1 if model is not None else 0)
         return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json")
@@ -321,6 +318,22 @@ def register_request_metrics(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def start_timer():
         g.started = time.perf_counter()
+
+    @app.before_request
+    def refuse_oversized_body():
+        """Answer 413 before reading an oversized body, but read it away first (up to a bound): a server
+        that closes with the upload unread makes browsers and most HTTP libraries report a connection
+        reset instead of the 413 and its message."""
+        length, limit = request.content_length, app.config["MAX_CONTENT_LENGTH"]
+        if length is not None and length > limit:
+            stream = request.environ.get("wsgi.input")
+            remaining = min(length, DRAIN_LIMIT_FACTOR * limit)
+            while stream is not None and remaining > 0:
+                chunk = stream.read(min(65536, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+            raise RequestEntityTooLarge()
 
     @app.after_request
     def record(response: Response):

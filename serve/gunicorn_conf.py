@@ -27,8 +27,10 @@ loglevel = os.environ.get("POCKETCNN_LOG_LEVEL", "info")
 accesslog = os.environ.get("POCKETCNN_ACCESS_LOG") or None  # off by default: it costs throughput
 proc_name = "pocketcnn"
 
-# Prometheus: every worker writes its samples into one shared folder; /metrics sums them.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pocketcnn-metrics-"))
+# Prometheus: every worker writes its samples into one shared folder; /metrics sums them. This must be
+# set before prometheus_client is imported, which is why serve/__init__.py imports the app lazily.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pocketcnn-metrics-")
 
 
 def on_starting(server):

@@ -43,11 +43,12 @@ class Metrics:
             return generate_latest(combined)
         return generate_latest(self.registry)
 
-    def model_event(self, kind: str, name: str, version: int, previous=None, reason: str = "") -> None:
+    def model_event(self, kind: str, name: str, version: int, previous=None, reason: str = "", fmt: str = "") -> None:
         if kind == "loaded":
             if previous is not None:
                 self.model_info.remove(previous.name, str(previous.version), previous.format)
                 self.model_swaps.inc()
+            self.model_info.labels(name, str(version), fmt).set(1)
             self.ready.set(1)
         elif kind == "load_failed":
             self.load_failures.labels(name, str(version)).inc()

@@ -246,7 +246,7 @@ class ModelManager:
                 self.state, self.reason = "ready", "ok"
                 log.info("serving %s v%d (%s); self-check: %s", name, model.version, self.format,
                          json.dumps({k: v for k, v in model.self_check.items() if k != "graph_ops"}))
-                self.on_event("loaded", name=name, version=model.version, previous=previous)
+                self.on_event("loaded", name=name, version=model.version, previous=previous, fmt=self.format)
                 return
             if self.current is None:
                 reasons = "; ".join(f"v{k.split('/')[1]}: {r}" for k, r in self.failures.items() if k.startswith(name))

@@ -1,0 +1,108 @@
+"""The service as it really runs: gunicorn with two workers on a loopback port."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import GunicornServer
+from helpers import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def post(url: str, data: bytes, content_type: str, timeout: float = 30):
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "pocketcnn-test-boundary"
+    parts = []
+    for name, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_predict_through_gunicorn(live_server, fashion_mnist_test):
+    x, y = fashion_mnist_test
+    pngs = [png_bytes(image) for image in x[:20]]
+    body, content_type = multipart([(f"{i}.png", p) for i, p in enumerate(pngs)])
+    status, answer = post(live_server + "/predict", body, content_type)
+    assert status == 200 and len(answer["results"]) == 20
+    top = [r["predictions"][0]["index"] for r in answer["results"]]
+    assert sum(t == label for t, label in zip(top, y[:20])) >= 14  # a real model on real images
+    status, single = post(live_server + "/predict", pngs[0], "image/png")
+    assert status == 200 and single["predictions"][0]["index"] == top[0]
+    b64 = json.dumps({"instances": [{"b64": base64.b64encode(pngs[0]).decode()}]}).encode()
+    status, tf = post(live_server + "/v1/models/fashion_mnist:predict", b64, "application/json")
+    assert status == 200 and max(range(10), key=lambda i: tf["predictions"][0][i]) == top[0]
+
+
+def test_errors_through_gunicorn(live_server):
+    assert post(live_server + "/predict", b"hello", "text/plain")[0] == 415
+    assert post(live_server + "/predict", b"not an image", "image/jpeg")[0] == 400
+    status, answer = post(live_server + "/predict", b"\0" * (17 * 1024 * 1024), "image/png")
+    assert status == 413 and answer["error"]["code"] == "request_entity_too_large"
+    assert get(live_server + "/healthz")[0] == 200  # the workers are still fine
+
+
+def test_concurrent_requests_all_succeed_and_metrics_add_up_across_workers(live_server, real_png):
+    def one(_):
+        return post(live_server + "/predict", real_png, "image/png")[0]
+
+    before = _predict_count(live_server)
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(300)))
+    assert statuses == [200] * 300
+    assert _predict_count(live_server) - before == 300  # both workers' samples are summed
+
+
+def _predict_count(url: str) -> float:
+    _, text = get(url + "/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith('pocketcnn_requests_total{endpoint="/predict",method="POST",status="200"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_openapi_and_page_through_gunicorn(live_server):
+    status, text = get(live_server + "/openapi.json")
+    assert status == 200 and "/predict" in json.loads(text)["paths"]
+    status, page = get(live_server + "/")
+    assert status == 200 and b"<html" in page.lower()
+
+
+def test_not_ready_until_a_version_is_published(tmp_path, published_version, real_png):
+    server = GunicornServer(tmp_path, env={"POCKETCNN_POLL_SECONDS": "0.3"}).start(wait_ready=False)
+    try:
+        status, body = get(server.url + "/readyz")
+        assert status == 503 and b"no model in" in body
+        assert post(server.url + "/predict", real_png, "image/png")[0] == 503
+        shutil.copytree(published_version, tmp_path / "fashion_mnist" / "1")
+        server.wait_for("/readyz", timeout=30)
+        time.sleep(1.0)  # each worker polls on its own (every 0.3 s): let the other one catch up
+        statuses = {post(server.url + "/predict", real_png, "image/png")[0] for _ in range(20)}
+        assert statuses == {200}
+    finally:
+        server.stop()
