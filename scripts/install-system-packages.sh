@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages pocketcnn needs: the real Fashion-MNIST data, Chromium + ChromeDriver for the
-# browser test of the web page, wrk for the serving benchmark and curl for the README examples. Installs only what is missing.
+# browser test of the web page, wrk for the serving benchmark, curl for the README examples and
+# python3-venv (Debian's own Python, like the container's) for the serving-install test. Installs only what is missing.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium chromium-driver wrk curl)
+packages=(dataset-fashion-mnist chromium chromium-driver wrk curl python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -26,6 +26,7 @@ errorlog = "-"
 loglevel = os.environ.get("POCKETCNN_LOG_LEVEL", "info")
 accesslog = os.environ.get("POCKETCNN_ACCESS_LOG") or None  # off by default: it costs throughput
 proc_name = "pocketcnn"
+control_socket_disable = True  # gunicorn 27's shared ~/.gunicorn socket: unused, and absent for a home-less user
 
 # Prometheus: every worker writes its samples into one shared folder; /metrics sums them. This must be
 # set before prometheus_client is imported, which is why serve/__init__.py imports the app lazily.

@@ -44,7 +44,7 @@ SESSION_TRAIN_ARGS = ["--train-limit", "10000", "--test-limit", "1000", "--epoch
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A finished run folder: 3 epochs on 10 000 real Fashion-MNIST images (about 85 % accurate)."""
+    """A finished run folder: 3 epochs on 10 000 real Fashion-MNIST images (about 80 % accurate)."""
     from train.cli import main as train_main
 
     runs = tmp_path_factory.mktemp("session-runs")

@@ -60,6 +60,9 @@ def test_every_format_is_published_with_a_complete_manifest(published_version, m
     assert int8["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}  # raw pixels in
     assert int8["output"]["quantization"]["scale"] == pytest.approx(1 / 256)
     assert (published_version / "benchmark.txt").read_text().count("passed") == len(FORMATS)
+    # A service running as another user (a container with the repository mounted) must read every file.
+    unreadable = [str(p) for p in published_version.rglob("*") if not p.stat().st_mode & 0o004]
+    assert unreadable == []
 
 
 @pytest.mark.parametrize("key", [k for k in FORMATS if FORMATS[k].runtime != "tensorflow"])
