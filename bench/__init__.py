@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`: training recipe, export parity and size, serving throughput."""

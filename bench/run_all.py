@@ -1,0 +1,213 @@
+"""`make bench`: the three benchmarks on the full data, in order, then BENCHMARKS.md from the results.
+
+  1. train   the default recipe (python -m train, no options) on the full Fashion-MNIST
+  2. export  that run with every format, QAT and pruning included
+  3. serve   wrk against pocketcnn, the HTTP ceiling and the tutorial way (bench/serve_bench.py)
+
+    python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
+    python -m bench.run_all --run bench/runs/<id>   # reuse a trained run, redo export and serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TRAIN_TARGET_ACCURACY = 0.930
+TRAIN_TARGET_MINUTES = 20.0
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run a stage as a subprocess (its output also goes to `log`); return wall seconds."""
+    print("$", " ".join(command), flush=True)
+    started = time.monotonic()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        for line in process.stdout:
+            handle.write(line)
+            if not line.startswith(("I0000", "W0000", "E0000", "WARNING: All log")):
+                print("   ", line, end="", flush=True)
+        if process.wait() != 0:
+            raise SystemExit(f"{command[2]} failed (exit {process.returncode}); see {log}")
+    return time.monotonic() - started
+
+
+def bench_train(run_dir: Path | None) -> dict:
+    if run_dir is None:
+        name = f"bench-{datetime.now():%Y%m%d-%H%M%S}"
+        wall = run([sys.executable, "-m", "train", "--runs-dir", "bench/runs", "--run-name", name],
+                   RESULTS / "train.log")
+        run_dir = ROOT / "bench" / "runs" / name
+    else:
+        wall = None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    return {
+        "run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
+        "test_accuracy": metrics["test_accuracy"],
+        "training_minutes": round(metrics["training_seconds"] / 60, 2),
+        "process_minutes": round(wall / 60, 2) if wall else None,
+        "epochs": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "images_per_second": metrics["train_images_per_second"],
+        "final_learning_rate": history[-1]["learning_rate"],
+        "val_accuracy_by_epoch": [round(row["val_accuracy"], 4) for row in history],
+    }
+
+
+def bench_export(run_dir: Path) -> dict:
+    models = ROOT / "bench" / "models"
+    report = RESULTS / "export.json"
+    wall = run([sys.executable, "-m", "export", str(run_dir), "--models-dir", str(models), "--qat", "--prune",
+                "--report", str(report)], RESULTS / "export.log")
+    published = Path(json.loads(report.read_text())["published"])
+    manifest = json.loads((published / "manifest.json").read_text())
+    artifacts = manifest["artifacts"]
+    return {"version": str(published.relative_to(ROOT)), "minutes": round(wall / 60, 2),
+            "source_accuracy": manifest["source"]["accuracy"], "test_images": manifest["source"]["test_images"],
+            "artifacts": {k: {f: a.get(f) for f in ("bytes", "gzip_bytes", "accuracy", "accuracy_drop_points",
+                                                      "agreement", "ties", "max_abs_diff", "latency_ms")}
+                          for k, a in artifacts.items()},
+            "table": (published / "benchmark.txt").read_text()}
+
+
+def bench_serve(models: Path, keras_model: Path, seconds: int) -> dict:
+    run([sys.executable, "-m", "bench.serve_bench", "--models", str(models), "--keras-model", str(keras_model),
+         "--seconds", str(seconds), "--out", str(RESULTS / "serve.json")], RESULTS / "serve.log")
+    return json.loads((RESULTS / "serve.json").read_text())
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def write_report(train: dict, export: dict, serve: dict, command: str) -> str:
+    a = export["artifacts"]
+    f32 = a["tflite_float32"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"no GPU, Python {platform.python_version()}. Reproduce everything with `make bench` "
+        f"(= `{command}`); raw results in `bench/results/*.json`, logs beside them.",
+        "",
+        "## Training: the default recipe on the full Fashion-MNIST",
+        "",
+        "`python -m train` with no options: 54 000 training / 6 000 validation images (seeded split of the official",
+        "60 000), the official 10 000 test images; conv blocks 32-64-128 with batch norm, ReLU, max-pool and",
+        "dropout, dense 256, flip + shift augmentation, Adam 2e-3, batch 128, ReduceLROnPlateau, 18 epochs.",
+        "",
+        "| figure | measured | target | |",
+        "| --- | --- | --- | --- |",
+        f"| test accuracy of best.keras | {train['test_accuracy'] * 100:.2f} % | ≥ 93.0 % | {verdict(train['test_accuracy'] >= TRAIN_TARGET_ACCURACY)} |",
+        f"| training time (sum of epochs) | {train['training_minutes']:.1f} min | ≤ 20 min | {verdict(train['training_minutes'] <= TRAIN_TARGET_MINUTES)} |",
+        f"| whole process (load, train, evaluate, plots) | {train['process_minutes'] or '-'} min | | |",
+        f"| epochs run / best epoch | {train['epochs']} / {train['best_epoch']} | | |",
+        f"| training throughput | {train['images_per_second']:.0f} images/s | | |",
+        "",
+        f"Validation accuracy by epoch: {', '.join(f'{v * 100:.2f}' for v in train['val_accuracy_by_epoch'])}.",
+        f"Run folder: `{train['run']}`.",
+        "",
+        "## Export: every file against its source, on the 10 000 held-out images",
+        "",
+        "```",
+        export["table"].rstrip(),
+        "```",
+        "",
+        "| figure | measured | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    int8_ratio = a["tflite_int8"]["bytes"] / f32["bytes"]
+    lines += [
+        f"| int8 size / float32 size | {int8_ratio * 100:.1f} % | ≤ 30 % | {verdict(int8_ratio <= 0.30)} |",
+        f"| int8 accuracy lost | {a['tflite_int8']['accuracy_drop_points']:.2f} points | ≤ 0.3 | {verdict(a['tflite_int8']['accuracy_drop_points'] <= 0.3)} |",
+    ]
+    for key in ("tflite_float32", "onnx"):
+        ok = a[key]["agreement"] == 1.0 and a[key]["max_abs_diff"] <= 1e-5
+        lines.append(f"| {key} agreement / max diff | {a[key]['agreement'] * 100:.2f} % ({a[key]['ties']} ties) / "
+                     f"{a[key]['max_abs_diff']:.1e} | 100 % / ≤ 1e-5 | {verdict(ok)} |")
+    qat, ptq = a["tflite_qat_int8"]["accuracy"], a["tflite_int8"]["accuracy"]
+    lines += [
+        f"| QAT int8 vs post-training int8 accuracy | {qat * 100:.2f} % vs {ptq * 100:.2f} % | QAT ≥ PTQ | {verdict(qat >= ptq)} |",
+        f"| pruned int8, gzip size vs int8 | {a['tflite_pruned_int8']['gzip_bytes'] / 1e3:.0f} kB vs {a['tflite_int8']['gzip_bytes'] / 1e3:.0f} kB | | |",
+        "",
+        f"Export took {export['minutes']:.1f} min for all {len(a)} formats (QAT and pruning fine-tunes included); "
+        f"published as `{export['version']}`.",
+        "",
+        "## Serving: gunicorn on loopback, wrk, requests per second",
+        "",
+        f"Same gunicorn settings for all three apps: {serve['settings']['workers']} workers × "
+        f"{serve['settings']['threads']} threads ({serve['settings']['worker_class']}); load from "
+        f"`{serve['settings']['wrk']}` with `bench/wrk_multipart.lua` (multipart upload, keep-alive) on the same machine. "
+        "Inputs: a real 28×28 Fashion-MNIST test PNG, and a 640×480 JPEG photo (a real Fashion-MNIST garment "
+        "upscaled onto a textured background, 43 kB). pocketcnn serves its default format "
+        "(`tflite_float32`, exact parity with the trained model).",
+        "",
+        "| input | concurrency | pocketcnn | HTTP ceiling | tutorial way | vs ceiling | vs tutorial | pocketcnn p50 / p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    by = {app: {(r["image"], r["concurrency"]): r for r in serve[app]["runs"]} for app in ("pocketcnn", "ceiling", "tutorial")}
+    summary = {}
+    for key in sorted(by["pocketcnn"], key=lambda k: (k[0] != "png_28x28", k[1])):
+        ours, ceiling, tutorial = (by[app][key]["requests_per_second"] for app in ("pocketcnn", "ceiling", "tutorial"))
+        run_ = by["pocketcnn"][key]
+        summary[key] = (ours / ceiling, ours / tutorial)
+        lines.append(f"| {key[0]} | {key[1]} | {ours:,.0f} | {ceiling:,.0f} | {tutorial:,.1f} | {ours / ceiling * 100:.0f} % | "
+                     f"{ours / tutorial:,.0f}× | {run_['p50_ms']:.2f} / {run_['p99_ms']:.2f} ms |")
+    png_ceiling = min(v[0] for k, v in summary.items() if k[0] == "png_28x28")
+    jpeg_ceiling = min(v[0] for k, v in summary.items() if k[0] == "jpeg_640x480")
+    tutorial_factor = min(v[1] for v in summary.values())
+    rss = max(serve["pocketcnn"]["worker_rss_mb"])
+    ready = max(serve["ready_seconds"])
+    errors = sum(r["non_2xx"] + r["socket_errors"] for r in serve["pocketcnn"]["runs"])
+    lines += [
+        "",
+        "| figure | measured (worst case over the table) | target | |",
+        "| --- | --- | --- | --- |",
+        f"| throughput vs the tutorial way | {tutorial_factor:,.0f}× | ≥ 30× | {verdict(tutorial_factor >= 30)} |",
+        f"| share of the HTTP ceiling, 28×28 PNG | {png_ceiling * 100:.0f} % | ≥ 60 % | {verdict(png_ceiling >= 0.6)} |",
+        f"| share of the HTTP ceiling, 640×480 JPEG | {jpeg_ceiling * 100:.0f} % | ≥ 40 % | {verdict(jpeg_ceiling >= 0.4)} |",
+        f"| worker memory (RSS after the load) | {rss:.0f} MB | ≤ 200 MB | {verdict(rss <= 200)} |",
+        f"| ready after start (all workers, 3 starts) | {ready:.2f} s | ≤ 3 s | {verdict(ready <= 3)} |",
+        f"| failed requests during the benchmark | {errors} | 0 | {verdict(errors == 0)} |",
+        "",
+        "Worker memory of the tutorial way for comparison: "
+        f"{max(serve['tutorial']['worker_rss_mb']):.0f} MB (TensorFlow in every worker).",
+        "",
+        "Formats served, 28×28 PNG at concurrency 8 (requests/s): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in serve["formats_png_c8"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="reuse this trained run instead of training")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk seconds per serving measurement")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    train = bench_train(args.run.resolve() if args.run else None)
+    (RESULTS / "train.json").write_text(json.dumps(train, indent=2) + "\n")
+    run_dir = ROOT / train["run"]
+    export = bench_export(run_dir)
+    serve = bench_serve(ROOT / "bench" / "models", run_dir / "best.keras", args.seconds)
+    command = "python -m bench.run_all" + (f" --run {args.run}" if args.run else "")
+    report = write_report(train, export, serve, command)
+    (ROOT / "BENCHMARKS.md").write_text(report)
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
