@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from collections import Counter
 
-from clients.predict import PREDICT_PATH, encode_multipart, read_image_part
+from clients.predict import PREDICT_PATH, encode_multipart, positive_int, read_image_part
 
 
 def run_load(url: str, body: bytes, content_type: str, requests: int, concurrency: int,
@@ -140,24 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--file", required=True, metavar="PHOTO", help="the photo to send (multipart field 'image')")
-    parser.add_argument("--requests", type=_positive_int, default=200, metavar="N",
+    parser.add_argument("--requests", type=positive_int, default=200, metavar="N",
                         help="requests in all (default: 200)")
-    parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="C",
+    parser.add_argument("--concurrency", type=positive_int, default=4, metavar="C",
                         help="requests in flight at once, one connection each (default: 4)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="socket timeout per request (default: 30)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("photos", nargs="+", metavar="PHOTO",
                         help="photo files (JPEG, PNG, WebP, GIF, BMP or TIFF), one request each")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the service's base URL (default: {DEFAULT_URL})")
-    parser.add_argument("--top-k", type=_positive_int, metavar="K",
+    parser.add_argument("--top-k", type=positive_int, metavar="K",
                         help="only the K most likely classes (default: every class)")
     parser.add_argument("--json", action="store_true",
                         help="print the service's JSON answer instead of a table, one line per photo")
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
