@@ -8,6 +8,7 @@ Runtime sessions are not fork-safe).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from contract import DEFAULT_MAX_PIXELS, ImageError, decode_image, is_valid_model_name
-from serve.inputs import ApiError, Upload, decode_base64, parse_top_k, read_uploads
+from serve.inputs import ApiError, Upload, decode_base64, json_body, parse_top_k, read_uploads
 from serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from serve.model import ModelManager, ServedModel, parse_policy
 from serve.openapi import openapi_document
@@ -41,11 +43,14 @@ DEFAULTS = {
     "SELF_CHECK_RUNS": 5,
     "INFERENCE_THREADS": 1,            # intra-op threads per worker: workers x this <= cores
     "LOAD_IN_BACKGROUND": True,        # False: create_app() returns after the first load attempt
+    "FIRST_LOAD_WAIT_SECONDS": 20.0,   # background: wait this long for the first attempt (< gunicorn's timeout)
 }
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
+    app.url_map.merge_slashes = False  # '//' in a path is a 404 like any unknown path, not an HTML redirect
+    app.url_map.converters["default"] = PathSegmentWithoutColon  # for <name> in the TF Serving routes
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("POCKETCNN")
     if test_config:
@@ -66,11 +71,23 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_request_metrics(app, metrics)
     if app.config["LOAD_IN_BACKGROUND"]:
         manager.start()
+        # gunicorn starts a worker's accept loop when create_app() returns. A worker that took requests before
+        # its model loaded would answer them 503 (a replacement for a killed worker did, for ~0.1 s), so give
+        # the first attempt a bounded wait; a slower load carries on in the background.
+        manager.wait_first_attempt(float(app.config["FIRST_LOAD_WAIT_SECONDS"]))
     else:
         manager.refresh()
         if manager.poll_seconds > 0:
             manager.start()
     return app
+
+
+class PathSegmentWithoutColon(BaseConverter):
+    """A URL segment without ':'. Model names never hold one, and with it GET /v1/models/<name> would also
+    match /v1/models/x:predict, so a GET there would be "model not found" instead of 405 (use POST), and
+    OPTIONS would advertise GET."""
+
+    regex = "[^/:]+"
 
 
 def check_config(config) -> None:
@@ -172,10 +189,12 @@ def register_routes(app: Flask, manager: ModelManager, metrics: Metrics) -> None
     @app.post("/v1/models/<name>/versions/<int:version>:predict")
     def tfserving_predict(name: str, version: int | None = None):
         model = served_as(name, version)
-        body = request.get_json(silent=True)
+        body = json_body(request)
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", 'Send JSON {"instances": [{"b64": "<base64 image>"}, ...]} '
                                                 "or pixel arrays.")
+        if "instances" in body and "inputs" in body:
+            raise ApiError(400, "invalid_json", 'Send "instances" (row format) or "inputs" (columnar), not both.')
         instances = body.get("instances", body.get("inputs"))
         if isinstance(instances, dict):  # columnar form: {"inputs": {"image": [...]}}
             instances = instances.get("image")
@@ -250,7 +269,9 @@ def register_routes(app: Flask, manager: ModelManager, metrics: Metrics) -> None
     def openapi():
         model = manager.current
         return json_response(openapi_document(model.labels if model else None, max_images,
-                                              int(app.config["MAX_CONTENT_LENGTH"])))
+                                              int(app.config["MAX_CONTENT_LENGTH"]),
+                                              {**model.describe(), "input": [model.height, model.width, model.channels]}
+                                              if model else None))
 
     @app.get("/")
     def index():
@@ -325,8 +346,17 @@ def register_request_metrics(app: Flask, metrics: Metrics) -> None:
         that closes with the upload unread makes browsers and most HTTP libraries report a connection
         reset instead of the 413 and its message."""
         length, limit = request.content_length, app.config["MAX_CONTENT_LENGTH"]
+        stream = request.environ.get("wsgi.input")
+        if length is None and stream is not None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            # A chunked upload states no length, and Werkzeug silently cuts it at the limit (the image
+            # would then be "damaged", or worse, decode from its first 16 MB). Buffer at most one byte
+            # more than the limit: over it, the answer is the 413; within it, the body is read from here.
+            body = stream.read(limit + 1)
+            if len(body) <= limit:
+                request.environ["wsgi.input"] = io.BytesIO(body)
+                return None
+            length = limit + 1
         if length is not None and length > limit:
-            stream = request.environ.get("wsgi.input")
             remaining = min(length, DRAIN_LIMIT_FACTOR * limit)
             while stream is not None and remaining > 0:
                 chunk = stream.read(min(65536, remaining))

@@ -42,12 +42,12 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
             raise ApiError(400, "missing_image", f"No file in the multipart field 'image' (file fields sent: {others}). "
                                                  "Send the photo as -F image=@photo.jpg.")
         uploads = [Upload(f.read(), f.filename or None) for f in files]
-        top_k = request.form.get("top_k", top_k)
+        top_k = _one_top_k(top_k, request.form.get("top_k", _ABSENT), "form")
         batch = len(uploads) > 1
     elif mimetype.startswith(RAW_IMAGE_TYPES):
         uploads, batch = [Upload(request.get_data(cache=False))], False
     elif mimetype == "application/json":
-        body = request.get_json(silent=True)
+        body = json_body(request)
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", 'The body is not a JSON object. Send {"image": "<base64>"} or '
                                                 '{"images": ["<base64>", ...]}.')
@@ -62,7 +62,7 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
         else:
             raise ApiError(400, "missing_image", 'The JSON needs exactly one of "image" (a base64 string) or '
                                                  '"images" (a list of them).')
-        top_k = body.get("top_k", top_k)
+        top_k = _one_top_k(top_k, body.get("top_k", _ABSENT), "JSON body")
     elif not mimetype and not request.content_length:
         raise ApiError(400, "missing_image", "No image in the request. Send multipart field 'image', a raw image "
                                              "body with Content-Type image/jpeg (or png...), or JSON "
@@ -77,6 +77,30 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
             where = f" ({upload.filename})" if upload.filename else ("" if len(uploads) == 1 else f" (image {index + 1})")
             raise ApiError(400, "empty_image", f"The image{where} is empty (0 bytes).")
     return uploads, batch, top_k
+
+
+def json_body(request: Request):
+    """The request's parsed JSON, or None if it is not valid JSON. JSON nested deeper than Python's
+    recursion limit counts as invalid too: json.loads raises RecursionError for it, not ValueError,
+    which Flask's silent=True would let through as a 500."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
+_ABSENT = object()
+
+
+def _one_top_k(query, body, where: str):
+    """top_k may come in the query or in the body. Given in both, the two must agree: otherwise one of
+    them (perhaps an invalid one) would be silently ignored."""
+    if body is _ABSENT:
+        return query
+    if query is not None and str(query) != str(body):
+        raise ApiError(400, "invalid_top_k", f"top_k is given twice, {query!r} in the query and {body!r} in the "
+                                             f"{where}; send it once.")
+    return body
 
 
 def _check_count(count: int, max_images: int) -> None:
@@ -106,7 +130,9 @@ def decode_base64(value, where: str) -> bytes:
 
 
 def parse_top_k(value, classes: int) -> int | None:
-    if value is None or value == "":
+    """None (absent, or JSON null) means every class. Anything else must be a whole number from 1 to
+    `classes`, as the OpenAPI document says: an empty value is a mistake worth a 400, not "all"."""
+    if value is None:
         return None
     if isinstance(value, bool):
         value = "invalid"

@@ -8,7 +8,21 @@ def _error(description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int) -> dict:
+def _pixel_array(shape: list[int] | None) -> dict:
+    """A pixel-array instance: height x width x channels numbers 0-255 (a greyscale model also takes
+    height x width). Only the outer length is in the schema: spelling out every nested pixel makes
+    generated examples (and validators) needlessly slow; the description and the 400 say the rest."""
+    if not shape:
+        return {"type": "array", "description": "Pixels, height x width x channels, 0-255."}
+    height, width, channels = shape
+    return {"type": "array", "minItems": height, "maxItems": height, "items": {"type": "array"},
+            "description": f"{height} rows of {width} pixels, each a number 0-255"
+                           f"{' (or [value])' if channels == 1 else f' as [{channels} values]'}."}
+
+
+def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, served: dict | None = None) -> dict:
+    """`served`: the served model's {"name", "version", "input": [height, width, channels]}: examples for
+    the TF Serving routes, and the exact shape of a pixel-array instance."""
     classes = len(labels) if labels else None
     top_k = {"type": "integer", "minimum": 1, **({"maximum": classes} if classes else {}),
              "description": "Return only the k most likely classes (percentages still of the whole distribution)."}
@@ -27,9 +41,20 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int) 
         "503": _error("No model is loaded yet."),
     }
     name_parameter = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                      "description": "The served model's name (see GET /model)."}
+                      "description": "The served model's name (see GET /model).",
+                      **({"example": served["name"]} if served else {})}
     version_parameter = {"name": "version", "in": "path", "required": True,
-                         "schema": {"type": "integer", "minimum": 0}}
+                         "schema": {"type": "integer", "minimum": 0},
+                         **({"example": served["version"]} if served else {})}
+    json_top_k = {**top_k, "nullable": True, "description": top_k["description"] + " null: every class."}
+    b64_instance = {"type": "object", "required": ["b64"], "properties": {"b64": base64_image}}
+    pixels = _pixel_array(served.get("input") if served else None)
+    instances = {"type": "array", "minItems": 1, "maxItems": max_images, "items": {"oneOf": [
+        b64_instance,
+        pixels,
+        {"type": "object", "required": ["image"], "not": {"required": ["b64"]},  # named-input row form
+         "properties": {"image": {"oneOf": [b64_instance, pixels]}}},
+    ]}}
     tf_predict_body = {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TFServingRequest"}}},
@@ -69,12 +94,12 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int) 
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"oneOf": [
-                        {"type": "object", "required": ["image"], "additionalProperties": False,
-                         "properties": {"image": base64_image, "top_k": top_k}},
-                        {"type": "object", "required": ["images"], "additionalProperties": False,
+                        {"type": "object", "required": ["image"],
+                         "properties": {"image": base64_image, "top_k": json_top_k}},
+                        {"type": "object", "required": ["images"],
                          "properties": {"images": {"type": "array", "items": base64_image, "minItems": 1,
                                                    "maxItems": max_images},
-                                        "top_k": top_k}},
+                                        "top_k": json_top_k}},
                     ]}},
                 }},
                 "responses": {
@@ -139,11 +164,11 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int) 
                     "predictions": {"$ref": "#/components/schemas/Predictions"}}}},
                 "timing_ms": {"type": "object", "properties": {
                     "decode": {"type": "number"}, "inference": {"type": "number"}, "total": {"type": "number"}}}}},
-            "TFServingRequest": {"type": "object", "properties": {
-                "instances": {"type": "array", "minItems": 1, "items": {"oneOf": [
-                    {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}},
-                    {"type": "array", "description": "Pixels, height x width x channels, 0-255."}]}},
-                "inputs": {"type": "array"}}},
+            "TFServingRequest": {"type": "object", "anyOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
+                                 "properties": {
+                "instances": instances,
+                "inputs": {"oneOf": [instances, {"type": "object", "required": ["image"], "properties": {"image": instances}}]},
+            }},
             "TFServingResponse": {"type": "object", "required": ["predictions"], "properties": {
                 "predictions": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
         }},
