@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
                                    images, concurrencies, args.seconds, args.workers, args.threads)
     report["ready_seconds"] = ready_times(model_env, 3, args.workers, args.threads)
     formats = {}
-    for fmt in ("tflite_float32", "tflite_int8", "onnx"):
+    for fmt in ("tflite_float32", "tflite_dynamic", "tflite_int8", "onnx"):
         result = bench_app(fmt, "serve:create_app()", {**model_env, "POCKETCNN_MODEL_FORMAT": fmt},
                            {"png_28x28": images["png_28x28"]}, (8,), args.seconds, args.workers, args.threads)
         formats[fmt] = result["runs"][0]["requests_per_second"]

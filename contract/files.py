@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -61,3 +62,25 @@ def tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                   errno.EROFS: "Read-only file system"}
+
+
+def storage_error(err: BaseException) -> str | None:
+    """'No space left on device' (or quota, or read-only) if that is what `err` comes down to, else None.
+
+    Looks through the exception's causes, and at the message too: TensorFlow and h5py wrap the OS
+    error in their own exception types."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[err.errno]
+        for reason in _STORAGE_ERRNOS.values():
+            if reason in str(err):
+                return reason
+        err = err.__cause__ or err.__context__
+    return None
+

@@ -30,6 +30,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.pipeline import ExportOptions  # (no TensorFlow at import: --help stays fast)
+
     defaults = Gates()
     parser = argparse.ArgumentParser(
         prog="python -m export",
@@ -47,9 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-images", type=int, default=300, help="training images for int8 calibration (default: 300)")
     parser.add_argument("--test-limit", type=int, default=0, help="check on only the first N held-out images (default: all)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    parser.add_argument("--qat-epochs", type=int, default=1, help="QAT fine-tune epochs on the run's training sample (default: 1)")
-    parser.add_argument("--prune-epochs", type=int, default=2, help="pruning fine-tune epochs (default: 2)")
-    parser.add_argument("--prune-sparsity", type=float, default=0.5, help="share of conv/dense weights set to zero (default: 0.5)")
+    tfmot = ExportOptions.__dataclass_fields__
+    parser.add_argument("--qat-epochs", type=int, default=tfmot["qat_epochs"].default,
+                        help="QAT fine-tune epochs on the run's training sample (default: %(default)s)")
+    parser.add_argument("--qat-learning-rate", type=float, default=tfmot["qat_learning_rate"].default,
+                        help="QAT fine-tune learning rate (default: %(default)s)")
+    parser.add_argument("--prune-epochs", type=int, default=tfmot["prune_epochs"].default,
+                        help="pruning fine-tune epochs (default: %(default)s)")
+    parser.add_argument("--prune-learning-rate", type=float, default=tfmot["prune_learning_rate"].default,
+                        help="pruning fine-tune learning rate (default: %(default)s)")
+    parser.add_argument("--prune-sparsity", type=float, default=tfmot["prune_sparsity"].default,
+                        help="share of conv/dense weights set to zero (default: %(default)s)")
     gates = parser.add_argument_group("gates (a file that misses one fails the export)")
     gates.add_argument("--float-min-agreement", type=float, default=defaults.float_min_agreement,
                        help=f"top-1 agreement with the Keras model, float formats (default: {defaults.float_min_agreement})")
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         gates=Gates(args.float_min_agreement, args.float32_max_diff, args.float16_max_diff,
                     args.int8_min_agreement, args.int8_max_accuracy_drop),
         calibration_images=args.calibration_images, opset=args.opset, test_limit=args.test_limit,
-        qat_epochs=args.qat_epochs, prune_epochs=args.prune_epochs, prune_sparsity=args.prune_sparsity,
+        qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_learning_rate, prune_epochs=args.prune_epochs,
+        prune_learning_rate=args.prune_learning_rate, prune_sparsity=args.prune_sparsity,
     )
     try:
         result = export_run(options)

@@ -66,16 +66,16 @@ def run_tfmot(mode: str, ctx: ExportContext, out_path: Path) -> Path:
     work = (ctx.work_dir or ctx.out_dir) / f"tfmot_{mode}"
     work.mkdir(parents=True, exist_ok=True)
     layers, weights = describe_layers(ctx.model)
-    options = ctx.extras.get("tfmot_options", {})
+    options = ctx.extras["tfmot_options"]  # epochs, learning rates, sparsity, seed: see ExportOptions
     spec = {
         "mode": mode,
         "input_shape": list(ctx.input_shape),
         "layers": layers,
-        "epochs": options.get(f"{mode}_epochs", 1 if mode == "qat" else 2),
-        "learning_rate": options.get(f"{mode}_learning_rate", 1e-4 if mode == "qat" else 5e-4),
-        "sparsity": options.get("prune_sparsity", 0.5),
-        "batch_size": options.get("batch_size", 128),
-        "seed": options.get("seed", 1337),
+        "epochs": options[f"{mode}_epochs"],
+        "learning_rate": options[f"{mode}_learning_rate"],
+        "sparsity": options["prune_sparsity"],
+        "batch_size": 128,
+        "seed": options["seed"],
         "calibration_images": len(ctx.calibration),
     }
     (work / "spec.json").write_text(json.dumps(spec, indent=1))

@@ -2,7 +2,8 @@
 
 Environment: POCKETCNN_BIND (default 127.0.0.1:8000; the container uses 0.0.0.0:8000),
 POCKETCNN_WORKERS (default: one per CPU core), POCKETCNN_THREADS (default 4 per worker),
-POCKETCNN_REQUEST_TIMEOUT (seconds, default 30). Model settings: see serve/app.py DEFAULTS.
+POCKETCNN_REQUEST_TIMEOUT (seconds, default 30), POCKETCNN_READ_TIMEOUT (seconds without a byte from
+a client before its connection is closed, default 10). Model settings: see serve/app.py DEFAULTS.
 """
 
 import os
@@ -14,7 +15,7 @@ bind = os.environ.get("POCKETCNN_BIND", "127.0.0.1:8000")
 # intra-op threads = cores, so requests never fight over CPUs. Threads overlap network I/O.
 workers = int(os.environ.get("POCKETCNN_WORKERS", os.cpu_count() or 1))
 threads = int(os.environ.get("POCKETCNN_THREADS", 4))
-worker_class = "gthread"
+worker_class = "serve.gunicorn_worker.ThreadWorker"  # gthread + a read timeout (POCKETCNN_READ_TIMEOUT)
 preload_app = False  # each worker imports and loads the model after the fork: runtimes are not fork-safe
 timeout = int(os.environ.get("POCKETCNN_REQUEST_TIMEOUT", 30))  # a stuck worker is killed and replaced
 graceful_timeout = 10

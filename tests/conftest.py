@@ -38,13 +38,16 @@ def python() -> str:
 
 # --- one small real model for the whole session: trained, then exported with every format -------
 
-SESSION_TRAIN_ARGS = ["--train-limit", "10000", "--test-limit", "1000", "--epochs", "3", "--filters", "16,32",
-                      "--dense-units", "64", "--train-sample-size", "3000"]
+# No augmentation here: in three epochs it holds the model near 79 %, where so many test images sit
+# on a near-tie that int8 agreement wobbles around its 99 % gate from one run to the next. Without it
+# the model reaches about 83 % and every gate passes with room. Augmentation has its own tests.
+SESSION_TRAIN_ARGS = ["--train-limit", "10000", "--test-limit", "1000", "--epochs", "3", "--augment", "false",
+                      "--filters", "16,32", "--dense-units", "64", "--train-sample-size", "3000"]
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A finished run folder: 3 epochs on 10 000 real Fashion-MNIST images (about 80 % accurate)."""
+    """A finished run folder: 3 epochs on 10 000 real Fashion-MNIST images (about 83 % accurate)."""
     from train.cli import main as train_main
 
     runs = tmp_path_factory.mktemp("session-runs")

@@ -1,5 +1,5 @@
 """The HTTP clients: clients.predict (library and CLI), clients.loadgen and the curl examples of
-clients/CURL.md, against the real service (`live_server`: gunicorn on the session's model) and, for the
+the README's curl examples, against the real service (`live_server`: gunicorn on the session's model) and, for the
 answers a healthy service cannot be made to give (503, a proxy's HTML page), against tiny local fakes."""
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from contract.runtime import open_runner
 from helpers import png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-CURL_MD = ROOT / "clients" / "CURL.md"
+README = ROOT / "README.md"
+# The curl examples users read: the sh blocks of the README's "### curl" section.
+CURL_SECTION = README.read_text(encoding="utf-8").split("### curl", 1)[1].split("\n### ", 1)[0]
 DOCUMENTED_URL = "http://127.0.0.1:8000"
-CURL_BLOCKS = re.findall(r"```sh\n(.*?)```", CURL_MD.read_text(encoding="utf-8"), flags=re.DOTALL)
+CURL_BLOCKS = re.findall(r"```sh\n(.*?)```", CURL_SECTION, flags=re.DOTALL)
 LINE = re.compile(r"^  (?P<label>.+?)\s+(?P<percent>\d+\.\d\d) %(?:  (?P<bar>[█▏▎▍▌▋▊▉]*))?$")
 EIGHTHS = {"▏": 1, "▎": 2, "▍": 3, "▌": 4, "▋": 5, "▊": 6, "▉": 7, "█": 8}
 
@@ -388,7 +390,7 @@ def test_loadgen_refuses_bad_arguments(real_png, capsys):
 # --- curl examples -------------------------------------------------------------------------------
 
 
-def test_curl_md_shows_every_way_in():
+def test_readme_curl_examples_show_every_way_in():
     text = " ".join(CURL_BLOCKS)
     assert "-F image=@photo.png" in text                              # multipart
     assert "Content-Type: image/png" in text                          # raw body

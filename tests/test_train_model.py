@@ -57,6 +57,17 @@ def test_outputs_are_probabilities_of_raw_pixels(model, batch):
     assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_softmax_stays_float32_under_mixed_precision(batch):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = make_model((28, 28, 1), 10, TrainConfig())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert model(batch, training=False).dtype == "float32"
+
+
 def test_weight_decay_adds_regularization_losses(batch):
     decayed = make_model((28, 28, 1), 10, TrainConfig(weight_decay=1e-4))
     plain = make_model((28, 28, 1), 10, TrainConfig())

@@ -24,8 +24,10 @@ from train.run import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+# float32 so that a checkpoint's accuracy recomputed here equals the one logged during training exactly;
+# the mixed-precision path has its own test below (and the session model is trained with the defaults).
 SMALL = TrainConfig(train_limit=2000, test_limit=500, epochs=1, filters=(16, 32), dense_units=64,
-                    train_sample_size=300)
+                    train_sample_size=300, precision="float32")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,18 @@ def test_resume_refuses_finished_or_missing_runs(one_epoch_run, tmp_path, capsys
     assert "already finished" in capsys.readouterr().err
     assert main(["--resume", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_mixed_precision_training_saves_a_float32_model(tmp_path):
+    """bfloat16 compute for speed, but what is saved (and exported) is a plain float32 model."""
+    run = train(replace(SMALL, precision="mixed_bfloat16", runs_dir=str(tmp_path), run_name="bf16"))
+    assert json.loads((run / rf.CONFIG).read_text())["precision"] == "mixed_bfloat16"
+    model = keras.models.load_model(run / rf.BEST_MODEL, safe_mode=True)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    test = np.load(run / rf.TEST_ARRAYS)
+    predicted = np.asarray(model(test["x"].astype("float32"), training=False)).argmax(axis=1)
+    assert (predicted == test["y"]).mean() == pytest.approx(json.loads((run / rf.METRICS).read_text())["test_accuracy"])
+    assert keras.mixed_precision.global_policy().name == "float32", "the process-wide policy is restored"
 
 
 def test_mirrored_strategy_trains(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from contract.files import storage_error
 from train.config import TrainConfig
 
 EPILOG = """\
@@ -84,8 +85,9 @@ def check(config: TrainConfig, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
     if config.image_size < 0:
         parser.error("--image-size must be positive (or 0 for the dataset's own)")
-    if config.monitor not in ("val_accuracy", "val_loss"):
-        parser.error("--monitor must be val_accuracy or val_loss")
+    for name in ("monitor", "reduce_lr_monitor"):
+        if getattr(config, name) not in ("val_accuracy", "val_loss"):
+            parser.error(f"--{name.replace('_', '-')} must be val_accuracy or val_loss")
     if config.base_weights and not Path(config.base_weights).is_file():
         parser.error(f"--base-weights: no file at {config.base_weights}")
 
@@ -111,5 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             train(config)
     except (DataError, ModelConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - only storage failures are turned into a message; others re-raise
+        reason = storage_error(err)
+        if reason is None:
+            raise
+        where = args.resume or args.runs_dir
+        print(f"error: cannot write the run folder under {where}: {reason}. Free some space, then train again, or "
+              "continue a run that finished epochs with: python -m train --resume <run folder>", file=sys.stderr)
         return 2
     return 0

@@ -48,8 +48,9 @@ def make_model(input_shape: tuple[int, int, int], num_classes: int, config: Trai
         x = layers.ReLU(name="dense_relu")(x)
     if config.dense_dropout > 0:
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
+    # float32 even under mixed precision: a softmax in bfloat16 rounds small probabilities away.
     outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer="glorot_uniform",
-                           name=OUTPUT_NAME)(x)
+                           dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="pocketcnn")
 
 

@@ -66,9 +66,6 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
     """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder."""
     import keras
 
-    from train import callbacks as cb
-    from train.model import compile_model, make_model
-
     resuming = run_dir is not None
     dataset = load_dataset(config)  # data errors surface before any folder is made
     log.info(dataset.summary())
@@ -80,6 +77,22 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
     save_arrays(run_dir, dataset, config)
 
     keras.utils.set_random_seed(config.seed)
+    policy = compute_policy(config.precision)
+    log.info("Compute precision: %s", policy)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _fit_and_finish(config, dataset, run_dir, resuming, extra_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)  # a process-wide setting: leave it as found
+
+
+def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resuming: bool, extra_callbacks) -> Path:
+    import keras
+
+    from train import callbacks as cb
+    from train.model import compile_model, make_model
+
     strategy = make_strategy(config.strategy)
     with strategy.scope():
         model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config)
@@ -88,6 +101,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
     initial_epoch = cb.read_backup_epoch(backup_dir) if resuming else 0
     history = rf.read_json(run_dir / rf.HISTORY_JSON) if resuming and (run_dir / rf.HISTORY_JSON).is_file() else []
     resume = cb.ResumeState.from_history(history, initial_epoch, config.monitor)
+    lr_resume = cb.ResumeState.from_history(history, initial_epoch, config.reduce_lr_monitor)
     if resuming:
         print(f"Resuming {run_dir} at epoch {initial_epoch + 1} of {config.epochs}"
               + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})" if resume.best is not None else ""))
@@ -97,8 +111,8 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
         cb.RunHistory(run_dir / rf.HISTORY_CSV, run_dir / rf.HISTORY_JSON, resume),
         cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
         cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
-        cb.ResumableReduceLROnPlateau(config.monitor, config.reduce_lr_factor, config.reduce_lr_patience,
-                                      config.min_learning_rate, resume),
+        cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
+                                      config.min_learning_rate, lr_resume),
         cb.TimeBudget(config.max_minutes),
         *extra_callbacks,
     ]
@@ -130,6 +144,35 @@ def save_arrays(run_dir: Path, dataset: Dataset, config: TrainConfig) -> None:
     np.savez_compressed(run_dir / rf.TRAIN_SAMPLE_ARRAYS, x=dataset.x_train[chosen], y=dataset.y_train[chosen])
 
 
+def cpu_has_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def compute_policy(precision: str) -> str:
+    if precision == "auto":
+        return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    return precision
+
+
+def as_float32_model(model, config: TrainConfig, input_shape, classes: int):
+    """The same weights in a model built with the float32 policy: what gets exported and evaluated.
+    (Mixed precision keeps every variable in float32, so the weights carry over exactly.)"""
+    import keras
+
+    from train.model import make_model
+
+    if model.dtype_policy.name == "float32":
+        return model
+    keras.mixed_precision.set_global_policy("float32")
+    plain = make_model(input_shape, classes, config)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: float) -> dict:
     """Evaluate best.keras on the test set, write metrics.json and the plots, point runs/latest here."""
     import keras
@@ -139,7 +182,12 @@ def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: fl
     best_path = run_dir / rf.BEST_MODEL
     if not best_path.is_file():
         raise RunError(f"Training ended without a checkpoint in {best_path} (no epoch finished?).")
-    model = keras.models.load_model(best_path, safe_mode=True)
+    model = keras.models.load_model(best_path, safe_mode=True, compile=False)
+    float32 = as_float32_model(model, config, dataset.input_shape, len(dataset.labels))
+    if float32 is not model:
+        float32.save(best_path.with_name(".best.float32.keras"))
+        best_path.with_name(".best.float32.keras").replace(best_path)  # atomically: never half a model
+        model = float32
     probabilities = predict(model, dataset.x_test)
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.sparse_categorical_crossentropy(dataset.y_test, probabilities).numpy().mean())
