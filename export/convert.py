@@ -220,9 +220,21 @@ def canonicalize_onnx(proto) -> None:
         first.dim_param = BATCH_DIM
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     renamed: dict[str, str] = {}
-    for index, initializer in enumerate(graph.initializer):
+    # tf2onnx emits small shared constants (Slice starts/ends, ...) in an order that changes from one
+    # process to the next (seen: the same model, two hashes). Order initializers by where the graph first
+    # uses them, and name them from that position; unused ones go last, ordered by content.
+    first_use: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            first_use.setdefault(name, len(first_use))
+    initializers = sorted(graph.initializer, key=lambda t: (first_use.get(t.name, len(first_use)),
+                                                            t.SerializeToString(deterministic=True)))
+    initializers = [type(t).FromString(t.SerializeToString()) for t in initializers]
+    del graph.initializer[:]
+    for index, initializer in enumerate(initializers):
         renamed[initializer.name] = f"const_{index}"
         initializer.name = renamed[initializer.name]
+        graph.initializer.append(initializer)
     for index, node in enumerate(graph.node):
         node.name = f"{node.op_type.lower()}_{index}"
         for position, output in enumerate(node.output):

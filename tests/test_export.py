@@ -196,6 +196,33 @@ def test_exporting_twice_gives_byte_identical_tflite_and_onnx(trained_run, tmp_p
     assert sha256_file(tmp_path / "fashion_mnist/1/mobile_bundle.zip") != "", "bundle exists"
 
 
+def test_onnx_bytes_do_not_depend_on_the_order_tf2onnx_emits_constants_in(published_version):
+    """tf2onnx lists small shared constants in an order that varies between processes (CI saw two hashes
+    for one model). The canonical form must not care: shuffle and rename the initializers of the real
+    exported file, canonicalize again, and the bytes must be the published ones."""
+    import onnx
+
+    from export.convert import canonicalize_onnx
+
+    published = (published_version / "model.onnx").read_bytes()
+    model = onnx.load_from_string(published)
+    assert len(model.graph.initializer) > 3
+    originals = list(model.graph.initializer)
+    shuffled = [originals[i] for i in np.random.default_rng(0).permutation(len(originals))]
+    renames = {t.name: f"tf2onnx_{i}" for i, t in enumerate(shuffled)}
+    del model.graph.initializer[:]
+    for tensor in shuffled:
+        copy = onnx.TensorProto.FromString(tensor.SerializeToString())
+        copy.name = renames[tensor.name]
+        model.graph.initializer.append(copy)
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            node.input[position] = renames.get(name, name)
+    assert model.SerializeToString(deterministic=True) != published
+    canonicalize_onnx(model)
+    assert model.SerializeToString(deterministic=True) == published
+
+
 def test_a_failed_gate_publishes_nothing_and_says_why(trained_run, tmp_path, capsys):
     report = tmp_path / "report.json"
     code = export_main([str(trained_run), "--models-dir", str(tmp_path / "models"), "--formats",
