@@ -1,4 +1,4 @@
-"""Serving benchmark: wrk against three apps under the same gunicorn settings.
+"""Serving benchmark: wrk against three apps under the same gunicorn settings, measured in turn.
 
   pocketcnn  the service (serve:create_app())
   ceiling    same Flask + gunicorn, reads the upload, answers a fixed JSON (bench/apps/ceiling.py)
@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
 import json
 import os
 import re
@@ -130,22 +130,36 @@ def wrk(url: str, image: Path, connections: int, seconds: float) -> dict:
     return stats
 
 
-def bench_app(name: str, app: str, env: dict, images: dict[str, Path], concurrencies, seconds: float,
-              workers: int, threads: int) -> dict:
-    results = {"app": app, "runs": []}
-    with Server(app, env, workers, threads) as server:
-        results["ready_seconds"] = round(server.ready_seconds, 2)
-        for image_name, image in images.items():
-            warm_up(server.url, image)
-            for connections in concurrencies:
-                stats = wrk(server.url, image, connections, seconds)
-                stats.update(image=image_name, concurrency=connections)
-                results["runs"].append(stats)
-                print(f"  {name:<10} {image_name:<13} c={connections:<3} {stats['requests_per_second']:>8.1f} req/s  "
-                      f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms  non-2xx {stats['non_2xx']}",
-                      flush=True)
-        results["worker_rss_mb"] = [round(v, 1) for v in server.worker_rss_mb()]
-    return results
+def interleaved(servers: dict[str, Server], image: Path, connections: int, seconds: float, rounds: int) -> dict:
+    """wrk against every server in turn, `rounds` times, the order rotated each round.
+
+    This machine's speed drifts by up to 2x within a minute (other tenants of the host). Measuring one
+    app for a minute, then the next, would compare the drift; slices of a few seconds taken in turn put
+    every app through the same weather, and each round gives a ratio between neighbours in time."""
+    names = list(servers)
+    slices: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            slices[name].append(wrk(servers[name].url, image, connections, seconds))
+    return {name: summarize(runs) for name, runs in slices.items()}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """The median slice (by throughput) stands for the app; every slice's throughput is kept."""
+    ordered = sorted(runs, key=lambda r: r["requests_per_second"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["slices_requests_per_second"] = [r["requests_per_second"] for r in runs]
+    middle["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    middle["socket_errors"] = sum(r["socket_errors"] for r in runs)
+    middle["requests"] = sum(r["requests"] for r in runs)
+    return middle
+
+
+def median_ratio(ours: dict, theirs: dict) -> float:
+    """Median over rounds of ours / theirs, each ratio taken within one round."""
+    ratios = sorted(a / b for a, b in zip(ours["slices_requests_per_second"], theirs["slices_requests_per_second"]))
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[float]:
@@ -156,12 +170,16 @@ def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[flo
     return times
 
 
+FORMATS_COMPARED = ("tflite_float32", "tflite_dynamic", "tflite_int8", "onnx")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", required=True, help="model repository with a published version")
     parser.add_argument("--keras-model", required=True, help="best.keras for the tutorial baseline")
-    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration of one slice")
+    parser.add_argument("--rounds", type=int, default=5, help="slices per app and measurement, taken in turn")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
@@ -169,23 +187,55 @@ def main(argv=None) -> dict:
     images = make_images(args.out.parent / "images")
     concurrencies = (1, 8, 32)
     model_env = {"POCKETCNN_MODEL_REPOSITORY": str(Path(args.models).resolve()), "POCKETCNN_POLL_SECONDS": "0"}
-    report = {"settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
-                           "wrk": f"wrk -t1 -c{{1,8,32}} -d{args.seconds:g}s", "cores": os.cpu_count()}}
-    print("Serving benchmark (requests/s, higher is better)", flush=True)
-    report["pocketcnn"] = bench_app("pocketcnn", "serve:create_app()", model_env, images, concurrencies,
-                                    args.seconds, args.workers, args.threads)
-    report["ceiling"] = bench_app("ceiling", "bench.apps.ceiling:app", {}, images, concurrencies, args.seconds,
-                                  args.workers, args.threads)
-    report["tutorial"] = bench_app("tutorial", "bench.apps.tutorial:app",
-                                   {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())},
-                                   images, concurrencies, args.seconds, args.workers, args.threads)
+    apps = {
+        "pocketcnn": ("serve:create_app()", model_env),
+        "ceiling": ("bench.apps.ceiling:app", {}),
+        "tutorial": ("bench.apps.tutorial:app", {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())}),
+    }
+    from serve.app import DEFAULTS
+
+    report = {"served_format": DEFAULTS["MODEL_FORMAT"], "settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
+                           "wrk": f"wrk -t1 -c{{1,8,32}} -d{args.seconds:g}s", "rounds": args.rounds,
+                           "cores": os.cpu_count()},
+              "runs": [], "ratios": []}
+    print(f"Serving benchmark: {args.rounds} rounds of {args.seconds} s per app, apps in turn (requests/s)", flush=True)
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(Server(app, env, args.workers, args.threads))
+                   for name, (app, env) in apps.items()}
+        report["ready_seconds_first_start"] = {name: round(s.ready_seconds, 2) for name, s in servers.items()}
+        for image_name, image in images.items():
+            for server in servers.values():
+                warm_up(server.url, image)
+            for connections in concurrencies:
+                results = interleaved(servers, image, connections, args.seconds, args.rounds)
+                for name, stats in results.items():
+                    report["runs"].append({"app": name, "image": image_name, "concurrency": connections, **stats})
+                ratio = {"image": image_name, "concurrency": connections,
+                         "vs_ceiling": round(median_ratio(results["pocketcnn"], results["ceiling"]), 4),
+                         "vs_tutorial": round(median_ratio(results["pocketcnn"], results["tutorial"]), 2)}
+                report["ratios"].append(ratio)
+                print(f"  {image_name:<13} c={connections:<3} " + "  ".join(
+                    f"{name} {stats['requests_per_second']:>7,.1f}" for name, stats in results.items())
+                    + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling, {ratio['vs_tutorial']:.0f}x the tutorial",
+                    flush=True)
+        report["worker_rss_mb"] = {name: [round(v, 1) for v in s.worker_rss_mb()] for name, s in servers.items()}
     report["ready_seconds"] = ready_times(model_env, 3, args.workers, args.threads)
-    formats = {}
-    for fmt in ("tflite_float32", "tflite_dynamic", "tflite_int8", "onnx"):
-        result = bench_app(fmt, "serve:create_app()", {**model_env, "POCKETCNN_MODEL_FORMAT": fmt},
-                           {"png_28x28": images["png_28x28"]}, (8,), args.seconds, args.workers, args.threads)
-        formats[fmt] = result["runs"][0]["requests_per_second"]
-    report["formats_png_c8"] = formats
+
+    # Which format to serve by default: every one against the ceiling, in turn, on the small PNG.
+    with contextlib.ExitStack() as stack:
+        servers = {"ceiling": stack.enter_context(Server(*apps["ceiling"], args.workers, args.threads))}
+        for fmt in FORMATS_COMPARED:
+            servers[fmt] = stack.enter_context(Server("serve:create_app()", {**model_env, "POCKETCNN_MODEL_FORMAT": fmt},
+                                                      args.workers, args.threads))
+        for server in servers.values():
+            warm_up(server.url, images["png_28x28"])
+        results = interleaved(servers, images["png_28x28"], 8, args.seconds, args.rounds)
+        report["formats_png_c8"] = {fmt: {"requests_per_second": results[fmt]["requests_per_second"],
+                                          "vs_ceiling": round(median_ratio(results[fmt], results["ceiling"]), 4)}
+                                    for fmt in FORMATS_COMPARED}
+        print("  formats, png_28x28 c=8: " + "  ".join(
+            f"{fmt} {v['requests_per_second']:,.0f} ({v['vs_ceiling'] * 100:.0f} %)"
+            for fmt, v in report["formats_png_c8"].items()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -9,6 +9,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the app
 
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"))
 # Milliseconds: decode of a thumbnail is ~0.1 ms, a 12 MP photo ~100 ms.
 MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -35,6 +36,24 @@ class Metrics:
                                      registry=r)
         self.model_swaps = Counter("pocketcnn_model_swaps_total", "Times a new version replaced the served one",
                                    registry=r)
+
+        self._request_children: dict = {}  # (endpoint, method, status) -> (counter child): labels() takes a lock
+        self._duration_children: dict = {}
+
+    def count_request(self, endpoint: str, method: str, status: int) -> None:
+        if method not in HTTP_METHODS:
+            method = "other"  # any token is a method to HTTP: do not let clients mint label values
+        key = (endpoint, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(endpoint, method, str(status))
+        child.inc()
+
+    def observe_request_ms(self, endpoint: str, milliseconds: float) -> None:
+        child = self._duration_children.get(endpoint)
+        if child is None:
+            child = self._duration_children[endpoint] = self.request_ms.labels(endpoint)
+        child.observe(milliseconds)
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -13,6 +13,10 @@ from PIL import Image
 
 FASHION_MNIST_DIR = Path(os.environ.get("POCKETCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
+# What the service serves unless told otherwise, and the file that holds it in a version folder.
+SERVED_FORMAT = "tflite_dynamic"
+SERVED_FILE = "model_dynamic_range.tflite"
+
 
 def to_picture(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image)

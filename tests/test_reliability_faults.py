@@ -45,7 +45,7 @@ from clients.loadgen import run_load
 from conftest import ROOT, GunicornServer
 from contract import read_manifest
 from contract.files import tree_sha256
-from helpers import png_bytes
+from helpers import SERVED_FILE, SERVED_FORMAT, png_bytes
 
 slow = pytest.mark.slow  # everything here but the source scan needs the session model, a server or a subprocess
 
@@ -286,8 +286,8 @@ def test_a_doctored_manifest_is_never_served(published_version, tmp_path, damage
     else:
         # A real model file elsewhere, with its own (correct) sha256: only where it lives is wrong.
         outside = tmp_path / "elsewhere.tflite"
-        shutil.copy(version / "model_float32.tflite", outside)
-        manifest["artifacts"]["tflite_float32"]["file"] = ("../../elsewhere.tflite" if "outside" in damage
+        shutil.copy(version / SERVED_FILE, outside)
+        manifest["artifacts"][SERVED_FORMAT]["file"] = ("../../elsewhere.tflite" if "outside" in damage
                                                            else str(outside))
         manifest_file.write_text(json.dumps(manifest))
     app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
@@ -386,7 +386,7 @@ def test_a_stalled_client_is_disconnected_after_the_read_timeout(model_repositor
                                        "cloud load balancer), as gunicorn's documentation advises")
 def test_slow_clients_cannot_hold_every_worker_thread(server):
     deadline = time.monotonic() + 30
-    while not all("model_float32.tflite" in Path(f"/proc/{pid}/maps").read_text() for pid in worker_pids(server)):
+    while not all(SERVED_FILE in Path(f"/proc/{pid}/maps").read_text() for pid in worker_pids(server)):
         assert time.monotonic() < deadline, "both workers loaded the model"  # (start() waits for one)
         time.sleep(0.1)
     connections = []

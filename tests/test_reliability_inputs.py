@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from conftest import GunicornServer
-from helpers import encode, photo_like, png_bytes, png_claiming_size, to_picture
+from helpers import SERVED_FILE, encode, photo_like, png_bytes, png_claiming_size, to_picture
 
 pytestmark = pytest.mark.slow
 
@@ -489,7 +489,7 @@ def pictures(fashion_mnist_test, published_version):
     from contract.runtime import open_runner
 
     x, y = fashion_mnist_test
-    runner = open_runner(published_version / "model_float32.tflite", "litert")
+    runner = open_runner(published_version / SERVED_FILE, "litert")
     probabilities = runner.predict(x[:500])
     chosen: dict[int, int] = {}
     for index in np.argsort(-probabilities.max(axis=1)):

@@ -34,7 +34,7 @@ from clients.predict import encode_multipart, read_image_part
 from conftest import GunicornServer
 from contract import read_manifest
 from contract.files import sha256_file
-from helpers import png_bytes
+from helpers import SERVED_FILE, SERVED_FORMAT, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def copy_version(source: Path, repository: Path, version: int, accuracy: float |
     if accuracy is not None:
         manifest = read_manifest(staging)
         manifest["version"] = version
-        manifest["artifacts"]["tflite_float32"]["accuracy"] = accuracy
+        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
         (staging / "manifest.json").write_text(json.dumps(manifest))
     target = repository / "fashion_mnist" / str(version)
     os.rename(staging, target)
@@ -111,7 +111,7 @@ def wait_until_every_worker_loaded_the_model(server: GunicornServer, timeout: fl
     deadline = time.monotonic() + timeout
     while True:
         workers = worker_pids(server)
-        if len(workers) == 2 and all(has_mapped(pid, "model_float32.tflite") for pid in workers):
+        if len(workers) == 2 and all(has_mapped(pid, SERVED_FILE) for pid in workers):
             return workers
         assert time.monotonic() < deadline, "both workers loaded the model"
         time.sleep(0.05)
@@ -248,7 +248,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
             new = [pid for pid in worker_pids(server) if pid not in before]
             if new and replaced is None:
                 replaced = time.monotonic() - killed_at
-            if new and has_mapped(new[0], "model_float32.tflite"):
+            if new and has_mapped(new[0], SERVED_FILE):
                 loaded = time.monotonic() - killed_at
             time.sleep(0.01)
         status, answer = get(server.url + "/readyz")
@@ -287,7 +287,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
 # --- (c) start-up with a damaged model file ----------------------------------------------------------------------
 
 def damage(version: Path, how: str) -> None:
-    model_file = version / "model_float32.tflite"
+    model_file = version / SERVED_FILE
     if how == "missing":
         model_file.unlink()
     elif how == "truncated":
@@ -299,7 +299,7 @@ def damage(version: Path, how: str) -> None:
         data[middle:middle + 20000] = bytes(b ^ 0x5A for b in data[middle:middle + 20000])
         model_file.write_bytes(bytes(data))
         manifest = read_manifest(version)
-        manifest["artifacts"]["tflite_float32"]["sha256"] = sha256_file(model_file)
+        manifest["artifacts"][SERVED_FORMAT]["sha256"] = sha256_file(model_file)
         (version / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -352,10 +352,10 @@ def test_a_broken_new_version_appearing_under_load_is_refused_and_the_working_on
         time.sleep(0.5)
         staging = repository / "fashion_mnist" / ".staging-broken"
         shutil.copytree(published_version, staging)
-        (staging / "model_float32.tflite").write_bytes(b"\x00" * 4096)  # garbage where the model should be
+        (staging / SERVED_FILE).write_bytes(b"\x00" * 4096)  # garbage where the model should be
         manifest = read_manifest(staging)
         manifest["version"] = 2
-        manifest["artifacts"]["tflite_float32"]["accuracy"] = 0.99  # better on paper: it would be preferred
+        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = 0.99  # better on paper: it would be preferred
         (staging / "manifest.json").write_text(json.dumps(manifest))
         os.rename(staging, repository / "fashion_mnist" / "2")
         appeared = time.monotonic()

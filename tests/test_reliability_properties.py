@@ -282,6 +282,30 @@ def test_base64_parser_gives_bytes_or_a_400(value):
     assert isinstance(data, bytes)
 
 
+@MANY
+@given(st.lists(st.floats(min_value=0, max_value=1, width=32), min_size=2, max_size=60), st.data())
+def test_percentages_are_ranked_two_decimal_shares_that_sum_to_exactly_100(values, data):
+    """What /predict answers from any output vector: every class once, most likely first, each share
+    within a rounding step of the truth, two decimals, and a sum of exactly 100.00."""
+    from serve.app import rank
+
+    probabilities = np.asarray(values, dtype=np.float32)
+    top_k = data.draw(st.one_of(st.none(), st.integers(1, len(values))), label="top_k")
+    labels = [f"class {i}" for i in range(len(values))]
+    ranked = rank(probabilities, labels, top_k)
+    full = rank(probabilities, labels, None)
+    assert len(ranked) == (top_k or len(values)) and ranked == full[: len(ranked)]
+    assert sorted(p["index"] for p in full) == list(range(len(values)))
+    assert all(p["label"] == labels[p["index"]] for p in full)
+    hundredths = [round(p["percent"] * 100) for p in full]
+    assert all(abs(p["percent"] * 100 - h) < 1e-6 for p, h in zip(full, hundredths)), "two decimals"
+    assert sum(hundredths) == 10000
+    total = float(probabilities.astype(np.float64).sum())
+    truth = probabilities.astype(np.float64) / total * 100 if total > 0 else np.full(len(values), 100 / len(values))
+    assert all(abs(p["percent"] - truth[p["index"]]) <= 0.01 + 1e-9 for p in full)
+    assert all(truth[a["index"]] >= truth[b["index"]] for a, b in zip(full, full[1:])), "most likely first"
+
+
 # --- the service on generated requests -------------------------------------------------------------------
 
 ROUTES = ["/predict", "/v1/models/fashion_mnist:predict", "/v1/models/fashion_mnist/versions/1:predict",

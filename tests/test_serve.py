@@ -17,7 +17,7 @@ from PIL import Image
 from contract import decode_image, read_manifest
 from contract.files import sha256_file
 from contract.runtime import open_runner
-from helpers import encode, png_bytes, png_claiming_size
+from helpers import SERVED_FILE, SERVED_FORMAT, encode, png_bytes, png_claiming_size
 from serve import create_app
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def images(fashion_mnist_test):
 @pytest.fixture(scope="module")
 def expected(published_version, images):
     """What the served file gives for each image, computed without the service."""
-    runner = open_runner(published_version / "model_float32.tflite", "litert")
+    runner = open_runner(published_version / SERVED_FILE, "litert")
     pngs, _, _ = images
     return runner.predict(np.stack([decode_image(p, 28, 28, 1) for p in pngs]))
 
@@ -52,7 +52,7 @@ def test_multipart_upload(client, images, expected, app):
     response = client.post("/predict", data={"image": (io.BytesIO(pngs[0]), "boot.png")})
     assert response.status_code == 200
     body = response.get_json()
-    assert body["model"] == {"name": "fashion_mnist", "version": 1, "format": "tflite_float32"}
+    assert body["model"] == {"name": "fashion_mnist", "version": 1, "format": SERVED_FORMAT}
     labels = app.extensions["pocketcnn"].current.labels
     assert len(body["predictions"]) == 10
     check_answer(body["predictions"], expected[0], labels)
@@ -235,7 +235,7 @@ def copy_version(source, repository, version: int, accuracy: float | None = None
     shutil.copytree(source, target)
     if accuracy is not None:
         manifest = read_manifest(target)
-        manifest["artifacts"]["tflite_float32"]["accuracy"] = accuracy
+        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
         (target / "manifest.json").write_text(json.dumps(manifest))
     return target
 
@@ -281,11 +281,11 @@ def _doctor_weights(path):
 ])
 def test_a_damaged_model_is_never_served(tmp_path, published_version, damage, reason):
     version = copy_version(published_version, tmp_path, 1)
-    model_file = version / "model_float32.tflite"
+    model_file = version / SERVED_FILE
     if damage == "doctored":
         _doctor_weights(model_file)
         manifest = read_manifest(version)
-        manifest["artifacts"]["tflite_float32"]["sha256"] = sha256_file(model_file)
+        manifest["artifacts"][SERVED_FORMAT]["sha256"] = sha256_file(model_file)
         (version / "manifest.json").write_text(json.dumps(manifest))
     elif damage == "truncated":
         model_file.write_bytes(model_file.read_bytes()[:5000])
@@ -376,7 +376,7 @@ def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_pat
             time.sleep(0.05)
         time.sleep(0.5)
         broken = copy_version(published_version, tmp_path, 3, accuracy=0.99)  # better on paper, but broken
-        (broken / "model_float32.tflite").write_bytes(b"garbage")
+        (broken / SERVED_FILE).write_bytes(b"garbage")
         deadline = time.monotonic() + 20
         while "fashion_mnist/3" not in manager.failures:
             assert time.monotonic() < deadline, "version 3 was never tried"
@@ -400,12 +400,15 @@ def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_pat
 def test_metrics(client, images):
     client.post("/predict", data=images[0][0], content_type="image/png")
     client.post("/predict", data=b"x", content_type="text/plain")
+    client.open("/predict", method="BREW")  # any token is a method to HTTP; it must not become a label value
     text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="BREW"' not in text
+    assert 'method="other",status="405"}' in text
     assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="415"}' in text
     for histogram in ("pocketcnn_decode_duration_ms", "pocketcnn_inference_duration_ms", "pocketcnn_request_duration_ms"):
         assert f'{histogram}_bucket{{' in text and 'le="0.5"' in text and 'le="1000.0"' in text, histogram
-    assert 'pocketcnn_model_info{format="tflite_float32",name="fashion_mnist",version="1"} 1.0' in text
+    assert f'pocketcnn_model_info{{format="{SERVED_FORMAT}",name="fashion_mnist",version="1"}} 1.0' in text
     assert "pocketcnn_ready 1.0" in text
 
 
