@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from flask import Request
 
+from serve.multipart import MultipartError, boundary_of, parse_multipart
+
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _STANDARD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -36,13 +38,21 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
     mimetype = request.mimetype or ""
     top_k = request.args.get("top_k")
     if mimetype == "multipart/form-data":
-        files = request.files.getlist("image")
+        try:
+            form = parse_multipart(request.get_data(cache=False), boundary_of(request.content_type or ""))
+        except MultipartError as err:
+            raise ApiError(400, "invalid_multipart", f"The multipart body cannot be read ({err}). Send the photo as "
+                                                     "-F image=@photo.jpg.") from None
+        files = form.file_list("image")
         if not files:
-            others = ", ".join(sorted(request.files)) or "none"
+            if form.first_field("image") is not None:
+                raise ApiError(400, "missing_image", "The field 'image' was sent as text, not as a file. Send the "
+                                                     "photo as a file: -F image=@photo.jpg.")
+            others = ", ".join(sorted(form.files)) or "none"
             raise ApiError(400, "missing_image", f"No file in the multipart field 'image' (file fields sent: {others}). "
                                                  "Send the photo as -F image=@photo.jpg.")
-        uploads = [Upload(f.read(), f.filename or None) for f in files]
-        top_k = _one_top_k(top_k, request.form.get("top_k", _ABSENT), "form")
+        uploads = [Upload(f.data, f.filename or None) for f in files]
+        top_k = _one_top_k(top_k, form.first_field("top_k", _ABSENT), "form")
         batch = len(uploads) > 1
     elif mimetype.startswith(RAW_IMAGE_TYPES):
         uploads, batch = [Upload(request.get_data(cache=False))], False

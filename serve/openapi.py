@@ -29,7 +29,7 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
     base64_image = {"type": "string", "description": "A JPEG, PNG, WebP, GIF, BMP or TIFF file, base64-encoded "
                                                      "(a data: URL prefix is accepted)."}
     client_errors = {
-        "400": _error("Missing, undecodable or empty image; bad base64; bad top_k; bad JSON."),
+        "400": _error("Missing, undecodable or empty image; malformed multipart body; bad base64; bad top_k; bad JSON."),
         "413": _error(f"More than {max_bytes:,} bytes, more pixels than allowed, or more than {max_images} images."),
         "415": _error("Unsupported Content-Type."),
         "503": _error("No model is loaded yet (or none passed its self-check)."),
