@@ -3,6 +3,7 @@
   1. train   the default recipe (python -m train, no options) on the full Fashion-MNIST
   2. export  that run with every format, QAT and pruning included
   3. serve   wrk against pocketcnn, the HTTP ceiling and the tutorial way (bench/serve_bench.py)
+  4. the README's pictures from that run and a real browser (bench/docs_images.py)
 
     python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
     python -m bench.run_all --run bench/runs/<id>   # reuse a trained run, redo export and serve
@@ -19,6 +20,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench import docs_images
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -217,6 +220,8 @@ def main(argv=None) -> None:
     report = write_report(train, export, serve, command)
     (ROOT / "BENCHMARKS.md").write_text(report)
     print("\n" + report)
+    docs_images.main(["--run", str(run_dir), "--models", str(ROOT / "bench" / "models"),
+                      "--photo", str(RESULTS / "images" / "photo_640x480.jpg")])
 
 
 if __name__ == "__main__":

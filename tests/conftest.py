@@ -126,6 +126,13 @@ class GunicornServer:
                 raise TimeoutError(f"{self.url}{path} not 200 within {timeout} s:\n{self.output()}")
             time.sleep(0.1)
 
+    def worker_pids(self) -> list[int]:
+        master = self.process.pid
+        try:
+            return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -139,6 +146,18 @@ class GunicornServer:
                 self.process.kill()
         if self.process:
             self.log.close()
+
+
+def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 @pytest.fixture(scope="session")

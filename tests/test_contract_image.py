@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from contract import ImageError, ImageTooLarge, decode_image
-from helpers import encode, photo_like, png_bytes, png_claiming_size, to_picture
+from helpers import encode, photo_like, png_bytes, png_claiming_size
 
 
 @pytest.fixture(scope="module")

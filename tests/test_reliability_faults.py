@@ -42,27 +42,12 @@ from pathlib import Path
 import pytest
 
 from clients.loadgen import run_load
-from conftest import ROOT, GunicornServer
+from conftest import ROOT, GunicornServer, http_get
 from contract import read_manifest
 from contract.files import tree_sha256
 from helpers import SERVED_FILE, SERVED_FORMAT, png_bytes
 
 slow = pytest.mark.slow  # everything here but the source scan needs the session model, a server or a subprocess
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def worker_pids(server: GunicornServer) -> list[int]:
-    master = server.process.pid
-    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-
-
 def tree_hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): tree_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -212,7 +197,7 @@ def server(model_repository, tmp_path):
 @pytest.mark.parametrize("what", ["SIGHUP to gunicorn (reload every worker)", "SIGTERM to one worker (graceful stop)"])
 def test_graceful_restarts_under_load_lose_no_request(server, fashion_mnist_test, what):
     png = png_bytes(fashion_mnist_test[0][0])
-    before = worker_pids(server)
+    before = server.worker_pids()
     report: dict = {}
     load = threading.Thread(target=lambda: report.update(run_load(server.url, png, "image/png", 6000, 16, timeout=30)))
     load.start()
@@ -224,13 +209,13 @@ def test_graceful_restarts_under_load_lose_no_request(server, fashion_mnist_test
         os.kill(before[0], signal.SIGTERM)
     load.join(timeout=120)
     replaced = set(before) if what.startswith("SIGHUP") else {before[0]}
-    while len(worker_pids(server)) != 2 or replaced & set(worker_pids(server)):
+    while len(server.worker_pids()) != 2 or replaced & set(server.worker_pids()):
         assert time.monotonic() < signalled + 30, "the stopped workers were replaced within 30 s"
         time.sleep(0.05)
     print(f"\n{what} under load: {report['requests']} requests, failed {report['failed']} {report['failures']}; "
-          f"workers {before} -> {worker_pids(server)}")
+          f"workers {before} -> {server.worker_pids()}")
     assert report["requests"] == 6000 and report["failed"] == 0, report["failures"]
-    assert get(server.url + "/readyz")[0] == 200
+    assert http_get(server.url + "/readyz")[0] == 200
 
 
 @slow
@@ -249,7 +234,7 @@ def test_the_model_repository_vanishing_while_serving_keeps_the_loaded_version(p
         shutil.rmtree(repository)  # the volume is gone (unmounted, deleted) while the workers poll it
         load.join(timeout=120)
         time.sleep(0.5)
-        status, body = get(server.url + "/readyz")
+        status, body = http_get(server.url + "/readyz")
         print(f"\nrepository deleted under load: {report['requests']} requests, failed {report['failed']}; "
               f"/readyz {status}")
         assert report["failed"] == 0, report["failures"]
@@ -321,9 +306,9 @@ def test_no_debug_mode_and_no_traceback_in_any_response(model_repository):
 @slow
 def test_the_gunicorn_service_runs_without_flask_debug(server):
     """Under gunicorn nothing turns on Flask's debugger: a request for it is an ordinary JSON 404."""
-    status, body = get(server.url + "/console")
+    status, body = http_get(server.url + "/console")
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
-    status, body = get(server.url + "/?__debugger__=yes&cmd=resource&f=style.css")
+    status, body = http_get(server.url + "/?__debugger__=yes&cmd=resource&f=style.css")
     assert status == 200 and b"__debugger__" not in body and b"Werkzeug" not in body
 
 
@@ -371,7 +356,7 @@ def test_a_stalled_client_is_disconnected_after_the_read_timeout(model_repositor
         closed_after = time.monotonic() - started
         print(f"\nstalled clients disconnected after {closed_after:.1f} s (read timeout 2 s)")
         assert 1.5 <= closed_after <= 10
-        status, _ = get(server.url + "/healthz", timeout=8)
+        status, _ = http_get(server.url + "/healthz", timeout=8)
         assert status == 200
         assert "Traceback" not in server.output()
     finally:
@@ -386,7 +371,7 @@ def test_a_stalled_client_is_disconnected_after_the_read_timeout(model_repositor
                                        "cloud load balancer), as gunicorn's documentation advises")
 def test_slow_clients_cannot_hold_every_worker_thread(server):
     deadline = time.monotonic() + 30
-    while not all(SERVED_FILE in Path(f"/proc/{pid}/maps").read_text() for pid in worker_pids(server)):
+    while not all(SERVED_FILE in Path(f"/proc/{pid}/maps").read_text() for pid in server.worker_pids()):
         assert time.monotonic() < deadline, "both workers loaded the model"  # (start() waits for one)
         time.sleep(0.1)
     connections = []
@@ -397,7 +382,7 @@ def test_slow_clients_cannot_hold_every_worker_thread(server):
             connections.append(connection)
         time.sleep(1.0)
         try:
-            status, _ = get(server.url + "/healthz", timeout=8)
+            status, _ = http_get(server.url + "/healthz", timeout=8)
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             pytest.fail(f"/healthz got no answer while 200 slow clients were connected: {err}")
         assert status == 200

@@ -31,7 +31,7 @@ import pytest
 
 from clients.loadgen import format_report, run_load
 from clients.predict import encode_multipart, read_image_part
-from conftest import GunicornServer
+from conftest import GunicornServer, http_get
 from contract import read_manifest
 from contract.files import sha256_file
 from helpers import SERVED_FILE, SERVED_FORMAT, png_bytes
@@ -42,15 +42,6 @@ LOG_PROBLEMS = ("WORKER TIMEOUT", "Traceback", "Error handling request", "Except
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-
-def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def post_png(url: str, png: bytes, timeout: float = 10) -> tuple[int, dict]:
     request = urllib.request.Request(url + "/predict", data=png, method="POST", headers={"Content-Type": "image/png"})
     try:
@@ -58,15 +49,6 @@ def post_png(url: str, png: bytes, timeout: float = 10) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def worker_pids(server: GunicornServer) -> list[int]:
-    master = server.process.pid
-    try:
-        return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
 
 def rss_kib(pid: int) -> int | None:
     """Resident memory of a process, from /proc/<pid>/status (kB)."""
@@ -87,7 +69,7 @@ def has_mapped(pid: int, filename: str) -> bool:
 
 
 def metric(url: str, name: str) -> float:
-    text = get(url + "/metrics")[1].decode()
+    text = http_get(url + "/metrics")[1].decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
 
@@ -110,7 +92,7 @@ def wait_until_every_worker_loaded_the_model(server: GunicornServer, timeout: fl
     """start() returns once one worker is ready; the other may still be loading its model."""
     deadline = time.monotonic() + timeout
     while True:
-        workers = worker_pids(server)
+        workers = server.worker_pids()
         if len(workers) == 2 and all(has_mapped(pid, SERVED_FILE) for pid in workers):
             return workers
         assert time.monotonic() < deadline, "both workers loaded the model"
@@ -148,7 +130,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            values = [rss_kib(pid) for pid in worker_pids(self.server)]
+            values = [rss_kib(pid) for pid in self.server.worker_pids()]
             if values and None not in values:
                 self.samples.append(sum(values))
             self._stop.wait(self.interval)
@@ -189,7 +171,7 @@ def test_ten_thousand_requests_at_concurrency_64_none_fails_and_memory_stays_fla
         assert requests == batches * per_batch
         assert failed == 0, [r["failures"] for r in reports if r["failed"]]
         assert growth < 10, f"worker memory grew {growth:.1f} % from the first to the last thousand requests"
-        assert worker_pids(server) == workers, "the same two workers served every request"
+        assert server.worker_pids() == workers, "the same two workers served every request"
         assert metric(server.url, 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="200"}') \
             == requests, "every request reached the model and was counted"
         assert_clean_log(server)
@@ -245,20 +227,20 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
         replaced = loaded = None
         deadline = killed_at + 30
         while loaded is None and time.monotonic() < deadline:
-            new = [pid for pid in worker_pids(server) if pid not in before]
+            new = [pid for pid in server.worker_pids() if pid not in before]
             if new and replaced is None:
                 replaced = time.monotonic() - killed_at
             if new and has_mapped(new[0], SERVED_FILE):
                 loaded = time.monotonic() - killed_at
             time.sleep(0.01)
-        status, answer = get(server.url + "/readyz")
+        status, answer = http_get(server.url + "/readyz")
         ready = time.monotonic() - killed_at
         time.sleep(2.0)  # keep the fresh connections coming while the replacement takes its share
         stop.set()
         for hammer in hammers:
             hammer.join()
         load.join(timeout=120)
-        after = worker_pids(server)
+        after = server.worker_pids()
         fresh_failed = {k: v for k, v in fresh.items() if k != 200}
         print(f"\n(b) SIGKILL of worker {victim} (holding {held} client connections) under load: replaced after "
               f"{replaced:.2f} s, replacement's model loaded after {loaded:.2f} s, /readyz {status} after {ready:.2f} s")
@@ -319,7 +301,7 @@ def test_start_up_with_a_damaged_model_file_is_never_ready(published_version, fa
         while len([line for line in server.output().splitlines() if "not serving fashion_mnist/1" in line]) < 2:
             assert time.monotonic() < deadline, f"both workers tried version 1 within 20 s:\n{server.output()}"
             time.sleep(0.1)
-        status, body = get(server.url + "/readyz")
+        status, body = http_get(server.url + "/readyz")
         message = json.loads(body)["error"]["message"]
         predict_status, answer = post_png(server.url, png_bytes(fashion_mnist_test[0][0]))
         log_lines = [line for line in server.output().splitlines() if "not serving fashion_mnist/1" in line]
@@ -330,7 +312,7 @@ def test_start_up_with_a_damaged_model_file_is_never_ready(published_version, fa
         assert len(log_lines) == 2, "each worker says why, once"
         assert all(reason in line for line in log_lines)
         assert server.process.poll() is None, "the service stays up (alive, not ready) and keeps polling"
-        assert get(server.url + "/healthz")[0] == 200
+        assert http_get(server.url + "/healthz")[0] == 200
         assert metric(server.url, "pocketcnn_model_load_failures_total") == 2
     finally:
         server.stop()
@@ -364,8 +346,8 @@ def test_a_broken_new_version_appearing_under_load_is_refused_and_the_working_on
             time.sleep(0.1)
         refused_after = time.monotonic() - appeared
         load.join(timeout=120)
-        status, ready = get(server.url + "/readyz")
-        model = json.loads(get(server.url + "/model")[1])
+        status, ready = http_get(server.url + "/readyz")
+        model = json.loads(http_get(server.url + "/model")[1])
         log_lines = [line for line in server.output().splitlines() if "not serving fashion_mnist/2" in line]
         print(f"\n(d) broken version 2 published under load: refused by both workers within {refused_after:.2f} s; "
               f"{report['requests']} requests, failed {report['failed']}; still serving v"
