@@ -2,9 +2,10 @@
 
   curves.png, confusion_matrix.png, filters.png   copied from the run's plots/
   web_page.png                                    headless Chromium on the running service, after
-                                                  uploading the benchmark's 640x480 photo
+                                                  uploading a real Fashion-MNIST test picture (an ankle
+                                                  boot, shown at 10x as a 280x280 PNG)
 
-    python -m bench.docs_images --run bench/runs/<id> --models bench/models --photo bench/results/images/photo_640x480.jpg
+    python -m bench.docs_images --run bench/runs/<id> --models bench/models
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ def copy_plots(run: Path) -> list[Path]:
     return written
 
 
+def sample_photo(folder: Path, fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist") -> Path:
+    """The first Fashion-MNIST test image (an ankle boot) at 280x280: what the model was trained on, at a
+    size a page can show. (Photos of real clothes on a light background are another matter: see the README.)"""
+    from PIL import Image
+
+    from train.data import read_idx
+
+    image = read_idx(Path(fashion_mnist_dir) / "t10k-images-idx3-ubyte.gz")[0]
+    path = folder / "ankle_boot_280.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).resize((280, 280), Image.Resampling.NEAREST).save(path)
+    return path
+
+
 def screenshot_page(models: Path, photo: Path, out: Path) -> Path:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -44,7 +59,7 @@ def screenshot_page(models: Path, photo: Path, out: Path) -> Path:
         options.binary_location = CHROMIUM
         for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                          "--no-first-run", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                         "--window-size=1000,760", f"--user-data-dir={profile}"):
+                         "--window-size=1000,880", f"--user-data-dir={profile}"):
             options.add_argument(argument)
         driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
         try:
@@ -66,10 +81,12 @@ def main(argv=None) -> list[Path]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished run folder (its plots/)")
     parser.add_argument("--models", type=Path, required=True, help="a model repository with a published version")
-    parser.add_argument("--photo", type=Path, required=True, help="the photo to upload on the web page")
+    parser.add_argument("--photo", type=Path, help="the photo to upload on the web page (default: a Fashion-MNIST "
+                                                    "test picture)")
     args = parser.parse_args(argv)
     written = copy_plots(args.run)
-    written.append(screenshot_page(args.models, args.photo, DOCS / "web_page.png"))
+    photo = args.photo or sample_photo(ROOT / "bench" / "results" / "images")
+    written.append(screenshot_page(args.models, photo, DOCS / "web_page.png"))
     for path in written:
         print(f"wrote {path.relative_to(ROOT)}")
     return written

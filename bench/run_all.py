@@ -220,8 +220,7 @@ def main(argv=None) -> None:
     report = write_report(train, export, serve, command)
     (ROOT / "BENCHMARKS.md").write_text(report)
     print("\n" + report)
-    docs_images.main(["--run", str(run_dir), "--models", str(ROOT / "bench" / "models"),
-                      "--photo", str(RESULTS / "images" / "photo_640x480.jpg")])
+    docs_images.main(["--run", str(run_dir), "--models", str(ROOT / "bench" / "models")])
 
 
 if __name__ == "__main__":
