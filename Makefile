@@ -9,6 +9,7 @@ RUNS ?= runs
 MODELS ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TEST_TIMEOUT ?= 2400
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup system-packages train export serve run test test-fast bench clean
@@ -45,7 +46,7 @@ run: setup ## Train (if no run yet), export (if no model yet), then serve with t
 	@$(MAKE) --no-print-directory serve
 
 test: setup ## Run the whole test suite (trains, exports and serves small models on real data)
-	$(PY) -m pytest -q $(ARGS)
+	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q -o faulthandler_timeout=900 $(ARGS)
 
 test-fast: setup ## Only the tests that need no training, export or server
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -157,8 +157,8 @@ class ModelManager:
     """Holds the served model; a background thread loads it and picks up better versions.
 
     The swap is one reference assignment: requests in flight keep the model object they started with,
-    new requests get the new one. A version that fails to load is remembered (until its manifest
-    changes) and never replaces a working one."""
+    new requests get the new one. A version that fails to load is remembered (until any of its
+    files changes) and never replaces a working one."""
 
     def __init__(self, repository: Path, name: str, policy, fmt: str, poll_seconds: float = 5.0,
                  self_check_runs: int = 5, threads: int = 1, on_event=None):
@@ -174,7 +174,7 @@ class ModelManager:
         self.state = "starting"
         self.reason = "the model is being loaded"
         self.failures: dict[str, str] = {}     # "name/version" -> reason
-        self._failed_stamp: dict[str, float] = {}
+        self._failed_stamp: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,7 +231,7 @@ class ModelManager:
                 if current is not None and current.name == name and candidate.version == current.version:
                     return  # the preferred loadable version is already served
                 key = f"{name}/{candidate.version}"
-                stamp = _manifest_stamp(candidate.path)
+                stamp = _folder_stamp(candidate.path)
                 if key in self.failures and self._failed_stamp.get(key) == stamp:
                     continue  # known broken, unchanged since
                 try:
@@ -265,8 +265,18 @@ class ModelManager:
         return self.current is not None
 
 
-def _manifest_stamp(path: Path) -> float:
+def _folder_stamp(path: Path) -> tuple:
+    """Name, size and modification time of every file in a version folder. A version that failed is
+    tried again when any of its files changes: a folder copied in by hand (`cp -r`) can be seen while
+    its model file is still being written, and must load once the copy is complete."""
+    stamp = []
     try:
-        return (path / "manifest.json").stat().st_mtime
+        for file in sorted(path.rglob("*")):
+            try:
+                info = file.stat()
+            except OSError:
+                continue  # removed while we looked
+            stamp.append((str(file.relative_to(path)), info.st_size, info.st_mtime_ns))
     except OSError:
-        return 0.0
+        pass
+    return tuple(stamp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,19 @@ from helpers import FASHION_MNIST_DIR, png_bytes
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_running():
+    """A non-daemon thread a test leaves running keeps pytest from ever exiting (CI once sat out its
+    90 minutes that way after a test failed half-way): fail the test that left it instead."""
+    before = set(threading.enumerate())
+    yield
+    left = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for thread in left:
+        thread.join(timeout=5)
+    left = [t.name for t in left if t.is_alive()]
+    assert not left, f"the test left non-daemon threads running: {left}"
 
 
 @pytest.fixture(scope="session")

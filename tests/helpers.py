@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -16,6 +18,26 @@ FASHION_MNIST_DIR = Path(os.environ.get("POCKETCNN_FASHION_MNIST", "/usr/share/d
 # What the service serves unless told otherwise, and the file that holds it in a version folder.
 SERVED_FORMAT = "tflite_dynamic"
 SERVED_FILE = "model_dynamic_range.tflite"
+
+
+def copy_version(source: Path, repository: Path, version: int, accuracy: float | None = None,
+                 model_bytes: bytes | None = None) -> Path:
+    """Publish a copy of `source` as `version` the way export does: written aside, then renamed into place.
+    `accuracy` rewrites the served artifact's accuracy in the manifest; `model_bytes` replaces the served file."""
+    from contract import read_manifest
+
+    staging = repository / "fashion_mnist" / f".staging-copy-{version}"
+    shutil.copytree(source, staging)
+    if model_bytes is not None:
+        (staging / SERVED_FILE).write_bytes(model_bytes)
+    if accuracy is not None:
+        manifest = read_manifest(staging)
+        manifest["version"] = version
+        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
+        (staging / "manifest.json").write_text(json.dumps(manifest))
+    target = repository / "fashion_mnist" / str(version)
+    os.rename(staging, target)
+    return target
 
 
 def to_picture(image: np.ndarray) -> Image.Image:

@@ -199,7 +199,8 @@ def test_graceful_restarts_under_load_lose_no_request(server, fashion_mnist_test
     png = png_bytes(fashion_mnist_test[0][0])
     before = server.worker_pids()
     report: dict = {}
-    load = threading.Thread(target=lambda: report.update(run_load(server.url, png, "image/png", 6000, 16, timeout=30)))
+    load = threading.Thread(target=lambda: report.update(run_load(server.url, png, "image/png", 6000, 16, timeout=30)),
+                            daemon=True)
     load.start()
     time.sleep(1.0)
     signalled = time.monotonic()
@@ -228,7 +229,8 @@ def test_the_model_repository_vanishing_while_serving_keeps_the_loaded_version(p
     try:
         report: dict = {}
         png = png_bytes(fashion_mnist_test[0][0])
-        load = threading.Thread(target=lambda: report.update(run_load(server.url, png, "image/png", 3000, 8)))
+        load = threading.Thread(target=lambda: report.update(run_load(server.url, png, "image/png", 3000, 8)),
+                                daemon=True)
         load.start()
         time.sleep(0.5)
         shutil.rmtree(repository)  # the volume is gone (unmounted, deleted) while the workers poll it

@@ -34,7 +34,7 @@ from clients.predict import encode_multipart, read_image_part
 from conftest import GunicornServer, http_get
 from contract import read_manifest
 from contract.files import sha256_file
-from helpers import SERVED_FILE, SERVED_FORMAT, png_bytes
+from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +72,6 @@ def metric(url: str, name: str) -> float:
     text = http_get(url + "/metrics")[1].decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
-
-
-def copy_version(source: Path, repository: Path, version: int, accuracy: float | None = None) -> Path:
-    """Publish a copy of `source` as `version` the way export does: written aside, then renamed into place."""
-    staging = repository / "fashion_mnist" / f".staging-copy-{version}"
-    shutil.copytree(source, staging)
-    if accuracy is not None:
-        manifest = read_manifest(staging)
-        manifest["version"] = version
-        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
-        (staging / "manifest.json").write_text(json.dumps(manifest))
-    target = repository / "fashion_mnist" / str(version)
-    os.rename(staging, target)
-    return target
 
 
 def wait_until_every_worker_loaded_the_model(server: GunicornServer, timeout: float = 30) -> list[int]:
@@ -201,27 +187,39 @@ def fresh_connection_hammer(url: str, png: bytes, stop: threading.Event, outcome
             outcomes[outcome] += 1
 
 
+def open_sockets(pid: int) -> int:
+    """Sockets the process holds open; descriptors closed while we look are not counted."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += "socket" in os.readlink(fd)
+        except FileNotFoundError:
+            pass
+    return count
+
+
 def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(model_repository, photo_body,
                                                                                      fashion_mnist_test, tmp_path):
     body, content_type = photo_body
     png = png_bytes(fashion_mnist_test[0][0])
+    stop = threading.Event()
     server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
         before = wait_until_every_worker_loaded_the_model(server)
         victim = before[0]
         concurrency, fresh_threads = 32, 8
-        listener = len([fd for fd in Path(f"/proc/{victim}/fd").iterdir() if "socket" in os.readlink(fd)])
+        listener = open_sockets(victim)
         report: dict = {}
         load = threading.Thread(target=lambda: report.update(run_load(server.url, body, content_type, 8000,
-                                                                      concurrency, timeout=30)))
-        stop, lock, fresh = threading.Event(), threading.Lock(), Counter()
-        hammers = [threading.Thread(target=fresh_connection_hammer, args=(server.url, png, stop, fresh, lock))
-                   for _ in range(fresh_threads)]
+                                                                      concurrency, timeout=30)), daemon=True)
+        lock, fresh = threading.Lock(), Counter()
+        hammers = [threading.Thread(target=fresh_connection_hammer, args=(server.url, png, stop, fresh, lock),
+                                    daemon=True) for _ in range(fresh_threads)]
         load.start()
         for hammer in hammers:
             hammer.start()
         time.sleep(1.5)  # well under way
-        held = len([fd for fd in Path(f"/proc/{victim}/fd").iterdir() if "socket" in os.readlink(fd)]) - listener
+        held = open_sockets(victim) - listener
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         replaced = loaded = None
@@ -263,6 +261,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
         for problem in ("WORKER TIMEOUT", "Traceback"):
             assert problem not in server.log_path.read_text(errors="replace")
     finally:
+        stop.set()
         server.stop()
 
 
@@ -329,7 +328,7 @@ def test_a_broken_new_version_appearing_under_load_is_refused_and_the_working_on
     try:
         report: dict = {}
         load = threading.Thread(target=lambda: report.update(run_load(server.url, body, content_type, 4000, 16,
-                                                                      timeout=30)))
+                                                                      timeout=30)), daemon=True)
         load.start()
         time.sleep(0.5)
         staging = repository / "fashion_mnist" / ".staging-broken"

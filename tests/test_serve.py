@@ -17,7 +17,7 @@ from PIL import Image
 from contract import decode_image, read_manifest
 from contract.files import sha256_file
 from contract.runtime import open_runner
-from helpers import SERVED_FILE, SERVED_FORMAT, encode, png_bytes, png_claiming_size
+from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, encode, png_bytes, png_claiming_size
 from serve import create_app
 
 pytestmark = pytest.mark.slow
@@ -230,16 +230,6 @@ def test_tf_serving_status_and_metadata(client):
 
 # --- readiness, self-check, version policy, hot pick-up -------------------------------------------
 
-def copy_version(source, repository, version: int, accuracy: float | None = None):
-    target = repository / "fashion_mnist" / str(version)
-    shutil.copytree(source, target)
-    if accuracy is not None:
-        manifest = read_manifest(target)
-        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
-        (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
 def test_health_and_model_endpoints(client):
     assert client.get("/healthz").get_json() == {"status": "alive"}
     ready = client.get("/readyz")
@@ -262,6 +252,28 @@ def test_not_ready_until_a_model_arrives(tmp_path, published_version, images):
     app.extensions["pocketcnn"].refresh()
     assert client.get("/readyz").status_code == 200
     assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
+
+def test_a_version_seen_half_copied_loads_once_the_copy_completes(tmp_path, published_version, images):
+    """`cp -r` by hand: the poller can see the manifest before the model file is fully written.
+    The failure must not stick to the version once its files are complete (CI saw a worker stay
+    unready for good this way)."""
+    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    manager, client = app.extensions["pocketcnn"], app.test_client()
+    target = tmp_path / "fashion_mnist" / "1"
+    shutil.copytree(published_version, target)
+    whole = (target / SERVED_FILE).read_bytes()
+    (target / SERVED_FILE).write_bytes(whole[: len(whole) // 2])  # the copy is half-way through this file
+    manifest_stamp = (target / "manifest.json").stat().st_mtime_ns
+    manager.refresh()
+    assert "fashion_mnist/1" in manager.failures and client.get("/readyz").status_code == 503
+    manager.refresh()
+    assert client.get("/readyz").status_code == 503, "unchanged files are not loaded again"
+    (target / SERVED_FILE).write_bytes(whole)  # the copy finishes; the manifest is not touched
+    assert (target / "manifest.json").stat().st_mtime_ns == manifest_stamp
+    manager.refresh()
+    assert client.get("/readyz").status_code == 200 and "fashion_mnist/1" not in manager.failures
+    assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
+
 
 
 def _doctor_weights(path):
@@ -364,7 +376,7 @@ def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_pat
             statuses.append(response.status_code)
             versions.add(response.get_json()["model"]["version"])
 
-    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    workers = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
     for worker in workers:
         worker.start()
     try:
@@ -375,8 +387,7 @@ def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_pat
             assert time.monotonic() < deadline, "version 2 was not picked up"
             time.sleep(0.05)
         time.sleep(0.5)
-        broken = copy_version(published_version, tmp_path, 3, accuracy=0.99)  # better on paper, but broken
-        (broken / SERVED_FILE).write_bytes(b"garbage")
+        copy_version(published_version, tmp_path, 3, accuracy=0.99, model_bytes=b"garbage")  # better on paper
         deadline = time.monotonic() + 20
         while "fashion_mnist/3" not in manager.failures:
             assert time.monotonic() < deadline, "version 3 was never tried"
