@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bench.browser import headless_chromium
 from bench.serve_bench import Server, warm_up
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "images"
 PLOTS = ("curves.png", "confusion_matrix.png", "filters.png")
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def copy_plots(run: Path) -> list[Path]:
@@ -47,7 +47,6 @@ def sample_photo(folder: Path, fashion_mnist_dir: str = "/usr/share/datasets/fas
 
 
 def screenshot_page(models: Path, photo: Path, out: Path) -> Path:
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -55,13 +54,7 @@ def screenshot_page(models: Path, photo: Path, out: Path) -> Path:
     with Server("serve:create_app()", env, workers=1, threads=2) as server, \
             tempfile.TemporaryDirectory(prefix="pocketcnn-chromium-") as profile:
         warm_up(server.url, photo, count=1)
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                         "--no-first-run", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                         "--window-size=1000,880", f"--user-data-dir={profile}"):
-            options.add_argument(argument)
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+        driver = headless_chromium(profile, window=(1000, 880))
         try:
             driver.get(server.url + "/")
             wait = WebDriverWait(driver, 30)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.browser import chromium_installed, headless_chromium
 from clients.predict import ServiceError, predict
 from helpers import png_bytes
 
@@ -20,24 +21,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "serve" / "static" / "index.html"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    if not chromium_installed():
         pytest.skip("Chromium and ChromeDriver are not installed (make system-packages)")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-quic",
-                     "--window-size=1200,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium-profile"))
     driver.set_page_load_timeout(WAIT_SECONDS)
     yield driver
     driver.quit()
