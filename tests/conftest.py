@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FASHION_MNIST_DIR, png_bytes
+from helpers import FASHION_MNIST_DIR, SERVED_FILE, png_bytes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -107,6 +107,7 @@ class GunicornServer:
         self.env = dict(os.environ, POCKETCNN_MODEL_REPOSITORY=str(repository), POCKETCNN_WORKERS=str(workers),
                         POCKETCNN_BIND=f"127.0.0.1:{self.port}", **(env or {}))
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.workers = workers
         self.command = [gunicorn, "-c", "python:serve.gunicorn_conf", "serve:create_app()"]
         self.cwd = cwd
         self.log_path = Path(self.env.get("POCKETCNN_TEST_LOG", f"/tmp/pocketcnn-gunicorn-{self.port}.log"))
@@ -147,6 +148,19 @@ class GunicornServer:
         except FileNotFoundError:
             return []
 
+    def wait_every_worker_loaded(self, filename: str = SERVED_FILE, timeout: float = 30) -> list[int]:
+        """Worker pids, once every worker has the model file mapped. start() and /readyz only say that one
+        worker is ready; each loads its model on its own."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.worker_pids()
+            if len(workers) == self.workers and all(has_mapped(pid, filename) for pid in workers):
+                return workers
+            assert time.monotonic() < deadline, f"every worker loaded {filename} within {timeout} s"
+            time.sleep(0.05)
+
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -160,6 +174,13 @@ class GunicornServer:
                 self.process.kill()
         if self.process:
             self.log.close()
+
+
+def has_mapped(pid: int, filename: str) -> bool:
+    try:
+        return filename in Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:

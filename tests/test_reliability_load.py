@@ -31,7 +31,7 @@ import pytest
 
 from clients.loadgen import format_report, run_load
 from clients.predict import encode_multipart, read_image_part
-from conftest import GunicornServer, http_get
+from conftest import GunicornServer, has_mapped, http_get
 from contract import read_manifest
 from contract.files import sha256_file
 from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, png_bytes
@@ -61,28 +61,10 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def has_mapped(pid: int, filename: str) -> bool:
-    try:
-        return filename in Path(f"/proc/{pid}/maps").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def metric(url: str, name: str) -> float:
     text = http_get(url + "/metrics")[1].decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
-
-
-def wait_until_every_worker_loaded_the_model(server: GunicornServer, timeout: float = 30) -> list[int]:
-    """start() returns once one worker is ready; the other may still be loading its model."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = server.worker_pids()
-        if len(workers) == 2 and all(has_mapped(pid, SERVED_FILE) for pid in workers):
-            return workers
-        assert time.monotonic() < deadline, "both workers loaded the model"
-        time.sleep(0.05)
 
 
 def assert_clean_log(server: GunicornServer) -> None:
@@ -135,7 +117,7 @@ def test_ten_thousand_requests_at_concurrency_64_none_fails_and_memory_stays_fla
     body, content_type = photo_body
     server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
-        workers = wait_until_every_worker_loaded_the_model(server)
+        workers = server.wait_every_worker_loaded()
         batches, per_batch, concurrency = 10, 1000, 64
         reports, memory = [], []  # memory: mean total worker RSS (kB) while each thousand ran
         started = time.perf_counter()
@@ -205,7 +187,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
     stop = threading.Event()
     server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
-        before = wait_until_every_worker_loaded_the_model(server)
+        before = server.wait_every_worker_loaded()
         victim = before[0]
         concurrency, fresh_threads = 32, 8
         listener = open_sockets(victim)

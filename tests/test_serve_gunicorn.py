@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +100,7 @@ def test_not_ready_until_a_version_is_published(tmp_path, published_version, rea
         assert post(server.url + "/predict", real_png, "image/png")[0] == 503
         shutil.copytree(published_version, tmp_path / "fashion_mnist" / "1")
         server.wait_for("/readyz", timeout=30)
-        time.sleep(1.0)  # each worker polls on its own (every 0.3 s): let the other one catch up
+        server.wait_every_worker_loaded()  # each worker polls on its own (every 0.3 s)
         statuses = {post(server.url + "/predict", real_png, "image/png")[0] for _ in range(20)}
         assert statuses == {200}
     finally:
