@@ -105,6 +105,8 @@ def bench_export(run_dir: Path) -> dict:
 def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> dict:
     run([sys.executable, "-m", "bench.serve_bench", "--models", str(models), "--keras-model", str(keras_model),
          "--seconds", str(seconds), "--rounds", str(rounds), "--out", str(RESULTS / "serve.json")], RESULTS / "serve.log")
+    run([sys.executable, "-m", "bench.request_costs", "--models", str(models), "--out", str(RESULTS / "request_costs.json")],
+        RESULTS / "request_costs.log")
     return json.loads((RESULTS / "serve.json").read_text())
 
 
@@ -221,6 +223,7 @@ def write_report(train: dict, export: dict, serve: dict, command: str, train_run
         "",
         *where_the_time_goes(by, a, serve),
         "",
+        *inside_the_worker(RESULTS / "request_costs.json"),
         "Worker memory of the tutorial way for comparison: "
         f"{max(serve['worker_rss_mb']['tutorial']):.0f} MB (TensorFlow in every worker).",
         "",
@@ -248,6 +251,27 @@ def where_the_time_goes(by: dict, artifacts: dict, serve: dict) -> list[str]:
     return [f"What bounds the share of the ceiling (`{served}`; `tflite_float32` takes "
             f"{artifacts['tflite_float32']['latency_ms']:.2f} ms per image). " + "; ".join(parts) + ". "
             "The JPEG decode is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor."]
+
+
+def inside_the_worker(path: Path) -> list[str]:
+    """bench/request_costs.py: one request's time inside the worker, pocketcnn against the ceiling app."""
+    if not path.exists():
+        return []
+    costs = json.loads(path.read_text())
+    images = list(costs["ms"])
+    rows = list(costs["ms"][images[0]])
+    lines = [f"Inside the worker (no HTTP): one `/predict` through the WSGI app, best of 5 × {costs['number']:,} calls, "
+             "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request besides "
+             "decoding and the model (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): "
+             "the only part a leaner request path could still take off.",
+             "", "| ms per request | " + " | ".join(images) + " |", "| --- |" + " --- |" * len(images)]
+    lines += [f"| {row.strip()} | " + " | ".join(f"{costs['ms'][i][row]:.3f}" for i in images) + " |" for row in rows]
+    added = [costs["ms"][i]["pocketcnn, whole call"] - costs["ms"][i]["ceiling, whole call"] for i in images]
+    lines.append("| pocketcnn minus the ceiling | " + " | ".join(f"{a:.3f}" for a in added) + " |")
+    model_row = next(row for row in rows if row.strip().startswith("model"))
+    rest = [a - costs["ms"][i]["  decode_image"] - costs["ms"][i][model_row] for a, i in zip(added, images)]
+    lines.append("| ... of which neither decoding nor the model | " + " | ".join(f"{r:.3f}" for r in rest) + " |")
+    return lines + [""]
 
 
 def main(argv=None) -> None:

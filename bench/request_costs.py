@@ -1,0 +1,106 @@
+"""Where one /predict request's time goes, inside the worker (no HTTP, no gunicorn): the whole WSGI call
+of pocketcnn and of the HTTP ceiling app, and pocketcnn's parts timed one by one. The difference between
+the two whole calls is what pocketcnn adds to the ceiling per request; wrk's figures add gunicorn's own
+share on top of both.
+
+    python -m bench.request_costs --models bench/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import timeit
+from pathlib import Path
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pocketcnn-costs-"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bench.serve_bench import ROOT, make_images, multipart  # noqa: E402
+
+
+def wsgi_environ(body: bytes, content_type: str) -> dict:
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "bench", "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+            "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body))}
+
+
+def whole_call(app, body: bytes, content_type: str):
+    def call():
+        statuses = []
+        result = app.wsgi_app(wsgi_environ(body, content_type), lambda status, headers, exc=None: statuses.append(status))
+        b"".join(result)
+        result.close()
+        if not statuses[0].startswith("200"):
+            raise RuntimeError(f"{statuses[0]} from {app.name}")
+    return call
+
+
+def ms(function, number: int) -> float:
+    function()
+    return min(timeit.repeat(function, number=number, repeat=5)) / number * 1000
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.request_costs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=ROOT / "bench" / "models",
+                        help="a model repository with a published version (default: bench/models)")
+    parser.add_argument("--number", type=int, default=2000, help="calls per timing (best of 5)")
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    from flask import request
+
+    from bench.apps.ceiling import app as ceiling
+    from serve import create_app
+    from serve.app import decode_uploads, json_response, rank
+    from serve.inputs import read_uploads
+
+    app = create_app({"MODEL_REPOSITORY": str(args.models), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    model = app.extensions["pocketcnn"].current
+    if model is None:
+        raise SystemExit(f"no servable model in {args.models}: {app.extensions['pocketcnn'].reason}")
+    images = make_images(Path(tempfile.mkdtemp(prefix="pocketcnn-costs-")))
+    results = {}
+    for name, path in images.items():
+        body, content_type = multipart(path)
+
+        def read():
+            with app.request_context(wsgi_environ(body, content_type)):
+                return read_uploads(request, 16)[0]
+
+        uploads = read()
+        pixels = decode_uploads(uploads, model, 10 ** 9)
+        probabilities = model.predict(pixels)
+        costs = {
+            "ceiling, whole call": ms(whole_call(ceiling, body, content_type), args.number),
+            "pocketcnn, whole call": ms(whole_call(app, body, content_type), args.number),
+            "  read the upload (in a request context)": ms(read, args.number),
+            "  decode_image": ms(lambda: decode_uploads(uploads, model, 10 ** 9), args.number),
+            f"  model ({model.format})": ms(lambda: model.predict(pixels), args.number),
+            "  rank and JSON answer": ms(lambda: json_response({"model": model.describe(), "predictions":
+                                                                rank(probabilities[0], model.labels, None)}),
+                                         args.number),
+        }
+        results[name] = costs
+        print(f"{name} ({len(body):,} bytes uploaded), ms per request, best of 5 x {args.number}:")
+        for what, value in costs.items():
+            print(f"  {what:<44} {value:7.3f}")
+        added = costs["pocketcnn, whole call"] - costs["ceiling, whole call"]
+        parts = costs["  decode_image"] + costs[f"  model ({model.format})"]
+        print(f"  pocketcnn adds {added:.3f} ms to the ceiling's call; decoding and the model are {parts:.3f} ms of it")
+    app.extensions["pocketcnn"].stop()
+    results = {"format": model.format, "number": args.number, "ms": results}
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
