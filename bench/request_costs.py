@@ -23,6 +23,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from bench.serve_bench import ROOT, make_images, multipart  # noqa: E402
 
 
+# What each timing is, in the order printed; the parts are pocketcnn's own steps, one by one.
+LABELS = {
+    "ceiling": "ceiling, whole call",
+    "pocketcnn": "pocketcnn, whole call",
+    "read": "  read the upload (in a request context)",
+    "decode": "  decode_image",
+    "model": "  model",
+    "answer": "  rank and JSON answer",
+}
+
+
 def wsgi_environ(body: bytes, content_type: str) -> dict:
     return {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "bench", "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
@@ -79,22 +90,20 @@ def main(argv=None) -> dict:
         pixels = decode_uploads(uploads, model, 10 ** 9)
         probabilities = model.predict(pixels)
         costs = {
-            "ceiling, whole call": ms(whole_call(ceiling, body, content_type), args.number),
-            "pocketcnn, whole call": ms(whole_call(app, body, content_type), args.number),
-            "  read the upload (in a request context)": ms(read, args.number),
-            "  decode_image": ms(lambda: decode_uploads(uploads, model, 10 ** 9), args.number),
-            f"  model ({model.format})": ms(lambda: model.predict(pixels), args.number),
-            "  rank and JSON answer": ms(lambda: json_response({"model": model.describe(), "predictions":
-                                                                rank(probabilities[0], model.labels, None)}),
-                                         args.number),
+            "ceiling": ms(whole_call(ceiling, body, content_type), args.number),
+            "pocketcnn": ms(whole_call(app, body, content_type), args.number),
+            "read": ms(read, args.number),
+            "decode": ms(lambda: decode_uploads(uploads, model, 10 ** 9), args.number),
+            "model": ms(lambda: model.predict(pixels), args.number),
+            "answer": ms(lambda: json_response({"model": model.describe(), "predictions":
+                                                rank(probabilities[0], model.labels, None)}), args.number),
         }
         results[name] = costs
-        print(f"{name} ({len(body):,} bytes uploaded), ms per request, best of 5 x {args.number}:")
-        for what, value in costs.items():
-            print(f"  {what:<44} {value:7.3f}")
-        added = costs["pocketcnn, whole call"] - costs["ceiling, whole call"]
-        parts = costs["  decode_image"] + costs[f"  model ({model.format})"]
-        print(f"  pocketcnn adds {added:.3f} ms to the ceiling's call; decoding and the model are {parts:.3f} ms of it")
+        print(f"{name} ({len(body):,} bytes uploaded, {model.format}), ms per request, best of 5 x {args.number}:")
+        for key, value in costs.items():
+            print(f"  {LABELS[key]:<44} {value:7.3f}")
+        print(f"  pocketcnn adds {costs['pocketcnn'] - costs['ceiling']:.3f} ms to the ceiling's call; decoding and "
+              f"the model are {costs['decode'] + costs['model']:.3f} ms of it")
     app.extensions["pocketcnn"].stop()
     results = {"format": model.format, "number": args.number, "ms": results}
     if args.out:

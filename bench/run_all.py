@@ -114,7 +114,8 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def write_report(train: dict, export: dict, serve: dict, command: str, train_runs: list[dict] = ()) -> str:
+def write_report(train: dict, export: dict, serve: dict, costs: dict, command: str,
+                 train_runs: list[dict] = ()) -> str:
     a = export["artifacts"]
     f32 = a["tflite_float32"]
     lines = [
@@ -221,9 +222,8 @@ def write_report(train: dict, export: dict, serve: dict, command: str, train_run
         f"| ready after start (all workers, 3 starts) | {ready:.2f} s | ≤ 3 s | {verdict(ready <= 3)} |",
         f"| failed requests during the benchmark | {errors} of {requests:,} | 0 | {verdict(errors == 0)} |",
         "",
-        *where_the_time_goes(by, a, serve),
-        "",
-        *inside_the_worker(RESULTS / "request_costs.json"),
+        *where_the_time_goes(by, a, costs),
+        *inside_the_worker(costs),
         "Worker memory of the tutorial way for comparison: "
         f"{max(serve['worker_rss_mb']['tutorial']):.0f} MB (TensorFlow in every worker).",
         "",
@@ -235,42 +235,39 @@ def write_report(train: dict, export: dict, serve: dict, command: str, train_run
     return "\n".join(lines)
 
 
-def where_the_time_goes(by: dict, artifacts: dict, serve: dict) -> list[str]:
+def where_the_time_goes(by: dict, artifacts: dict, costs: dict) -> list[str]:
     """What bounds the share of the ceiling: per request, the ceiling only reads the upload and answers;
-    pocketcnn also decodes the photo and runs the model."""
-    served = serve["served_format"]
-    model_ms = artifacts[served]["latency_ms"]
-    decode = serve["decode_ms"]
+    pocketcnn also decodes the photo and runs the model (both timed by bench/request_costs.py)."""
     parts = []
     for image, name in (("png_28x28", "PNG"), ("jpeg_640x480", "JPEG")):
         ceiling_ms = 1000 / by[("ceiling", image, 1)]["requests_per_second"]
-        bound = ceiling_ms / (ceiling_ms + model_ms + decode[image])
+        decode_ms, model_ms = costs["ms"][image]["decode"], costs["ms"][image]["model"]
+        bound = ceiling_ms / (ceiling_ms + model_ms + decode_ms)
         parts.append(f"{name}: the ceiling's whole request takes {ceiling_ms:.2f} ms at concurrency 1; decoding the "
-                     f"photo takes {decode[image]:.2f} ms and the model {model_ms:.2f} ms, so even with nothing else "
+                     f"photo takes {decode_ms:.2f} ms and the model {model_ms:.2f} ms, so even with nothing else "
                      f"to do a service would reach {bound * 100:.0f} % of the ceiling")
-    return [f"What bounds the share of the ceiling (`{served}`; `tflite_float32` takes "
+    return [f"What bounds the share of the ceiling (`{costs['format']}`; `tflite_float32` takes "
             f"{artifacts['tflite_float32']['latency_ms']:.2f} ms per image). " + "; ".join(parts) + ". "
-            "The JPEG decode is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor."]
+            "The JPEG decode is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor.",
+            ""]
 
 
-def inside_the_worker(path: Path) -> list[str]:
+def inside_the_worker(costs: dict) -> list[str]:
     """bench/request_costs.py: one request's time inside the worker, pocketcnn against the ceiling app."""
-    if not path.exists():
-        return []
-    costs = json.loads(path.read_text())
+    from bench.request_costs import LABELS
+
     images = list(costs["ms"])
-    rows = list(costs["ms"][images[0]])
     lines = [f"Inside the worker (no HTTP): one `/predict` through the WSGI app, best of 5 × {costs['number']:,} calls, "
              "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request besides "
              "decoding and the model (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): "
              "the only part a leaner request path could still take off.",
              "", "| ms per request | " + " | ".join(images) + " |", "| --- |" + " --- |" * len(images)]
-    lines += [f"| {row.strip()} | " + " | ".join(f"{costs['ms'][i][row]:.3f}" for i in images) + " |" for row in rows]
-    added = [costs["ms"][i]["pocketcnn, whole call"] - costs["ms"][i]["ceiling, whole call"] for i in images]
-    lines.append("| pocketcnn minus the ceiling | " + " | ".join(f"{a:.3f}" for a in added) + " |")
-    model_row = next(row for row in rows if row.strip().startswith("model"))
-    rest = [a - costs["ms"][i]["  decode_image"] - costs["ms"][i][model_row] for a, i in zip(added, images)]
-    lines.append("| ... of which neither decoding nor the model | " + " | ".join(f"{r:.3f}" for r in rest) + " |")
+    lines += [f"| {label.strip()} | " + " | ".join(f"{costs['ms'][i][key]:.3f}" for i in images) + " |"
+              for key, label in LABELS.items()]
+    added = {i: costs["ms"][i]["pocketcnn"] - costs["ms"][i]["ceiling"] for i in images}
+    lines.append("| pocketcnn minus the ceiling | " + " | ".join(f"{added[i]:.3f}" for i in images) + " |")
+    lines.append("| ... of which neither decoding nor the model | " + " | ".join(
+        f"{added[i] - costs['ms'][i]['decode'] - costs['ms'][i]['model']:.3f}" for i in images) + " |")
     return lines + [""]
 
 
@@ -285,9 +282,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        train, export, serve = (json.loads((RESULTS / name).read_text())
-                                for name in ("train.json", "export_summary.json", "serve.json"))
-        (ROOT / "BENCHMARKS.md").write_text(write_report(train, export, serve, "python -m bench.run_all",
+        train, export, serve, costs = (json.loads((RESULTS / name).read_text()) for name in
+                                       ("train.json", "export_summary.json", "serve.json", "request_costs.json"))
+        (ROOT / "BENCHMARKS.md").write_text(write_report(train, export, serve, costs, "python -m bench.run_all",
                                                          record_training({})))
         return
     train = bench_train(args.run.resolve() if args.run else None)
@@ -297,11 +294,13 @@ def main(argv=None) -> None:
     export = bench_export(run_dir)
     (RESULTS / "export_summary.json").write_text(json.dumps(export, indent=2) + "\n")
     serve = bench_serve(ROOT / "bench" / "models", run_dir / "best.keras", args.seconds, args.rounds)
+    costs = json.loads((RESULTS / "request_costs.json").read_text())
     command = "python -m bench.run_all" + (f" --run {args.run}" if args.run else "")
-    report = write_report(train, export, serve, command, train_runs)
+    report = write_report(train, export, serve, costs, command, train_runs)
     (ROOT / "BENCHMARKS.md").write_text(report)
     print("\n" + report)
     docs_images.main(["--run", str(run_dir), "--models", str(ROOT / "bench" / "models")])
+
 
 if __name__ == "__main__":
     main()

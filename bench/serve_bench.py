@@ -170,19 +170,6 @@ def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[flo
     return times
 
 
-def decode_ms(image: Path, height: int = 28, width: int = 28, channels: int = 1, repeats: int = 300) -> float:
-    """Median milliseconds of contract.decode_image on one file (what the service does per image)."""
-    from contract import decode_image
-
-    data = image.read_bytes()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        decode_image(data, height, width, channels)
-        times.append(time.perf_counter() - started)
-    return round(sorted(times)[len(times) // 2] * 1000, 3)
-
-
 FORMATS_COMPARED = ("tflite_float32", "tflite_dynamic", "tflite_int8", "onnx")
 
 
@@ -233,7 +220,6 @@ def main(argv=None) -> dict:
                     flush=True)
         report["worker_rss_mb"] = {name: [round(v, 1) for v in s.worker_rss_mb()] for name, s in servers.items()}
     report["ready_seconds"] = ready_times(model_env, 3, args.workers, args.threads)
-    report["decode_ms"] = {name: decode_ms(path) for name, path in images.items()}
 
     # Which format to serve by default: every one against the ceiling, in turn, on the small PNG.
     with contextlib.ExitStack() as stack:

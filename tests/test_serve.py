@@ -253,6 +253,7 @@ def test_not_ready_until_a_model_arrives(tmp_path, published_version, images):
     assert client.get("/readyz").status_code == 200
     assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
 
+
 def test_a_version_seen_half_copied_loads_once_the_copy_completes(tmp_path, published_version, images):
     """`cp -r` by hand: the poller can see the manifest before the model file is fully written.
     The failure must not stick to the version once its files are complete (CI saw a worker stay
@@ -273,7 +274,6 @@ def test_a_version_seen_half_copied_loads_once_the_copy_completes(tmp_path, publ
     manager.refresh()
     assert client.get("/readyz").status_code == 200 and "fashion_mnist/1" not in manager.failures
     assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
-
 
 
 def _doctor_weights(path):
