@@ -45,3 +45,16 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server, worker):
+    # The service's own log lines ("serving fashion_mnist v1 ...; self-check: ...", "not serving ...")
+    # go to gunicorn's error log with its timestamp, worker pid and level. Without this only warnings
+    # reached stderr, bare, through logging's last-resort handler, and a load was never logged at all.
+    import logging
+
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    service_log = logging.getLogger("pocketcnn")
+    service_log.handlers = list(gunicorn_log.handlers)
+    service_log.setLevel(gunicorn_log.level)
+    service_log.propagate = False

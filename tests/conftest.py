@@ -4,13 +4,14 @@ per test session (on slices of the real data, so the suite stays fast)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from helpers import FASHION_MNIST_DIR, SERVED_FILE, png_bytes
+from helpers import FASHION_MNIST_DIR, png_bytes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -148,17 +149,23 @@ class GunicornServer:
         except FileNotFoundError:
             return []
 
-    def wait_every_worker_loaded(self, filename: str = SERVED_FILE, timeout: float = 30) -> list[int]:
-        """Worker pids, once every worker has the model file mapped. start() and /readyz only say that one
-        worker is ready; each loads its model on its own."""
+    def serving_pids(self) -> set[int]:
+        """Pids of the workers that have logged "serving <name> v<N>": a worker logs it once its model has
+        passed the self-check and answers requests (gunicorn's log lines carry the worker's pid)."""
+        return {int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] serving \S+ v\d+",
+                                                self.log_path.read_text(errors="replace"))}
+
+    def wait_every_worker_serving(self, timeout: float = 30) -> list[int]:
+        """Worker pids, once every worker serves the model. start() and /readyz only say that one worker
+        is ready; each loads its model on its own."""
         import time
 
         deadline = time.monotonic() + timeout
         while True:
             workers = self.worker_pids()
-            if len(workers) == self.workers and all(has_mapped(pid, filename) for pid in workers):
+            if len(workers) == self.workers and set(workers) <= self.serving_pids():
                 return workers
-            assert time.monotonic() < deadline, f"every worker loaded {filename} within {timeout} s"
+            assert time.monotonic() < deadline, f"every worker served the model within {timeout} s:\n{self.output()}"
             time.sleep(0.05)
 
     def output(self) -> str:
@@ -174,13 +181,6 @@ class GunicornServer:
                 self.process.kill()
         if self.process:
             self.log.close()
-
-
-def has_mapped(pid: int, filename: str) -> bool:
-    try:
-        return filename in Path(f"/proc/{pid}/maps").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:

@@ -372,10 +372,7 @@ def test_a_stalled_client_is_disconnected_after_the_read_timeout(model_repositor
                                        "server, read timeout or not: deploy behind a buffering proxy (nginx, a "
                                        "cloud load balancer), as gunicorn's documentation advises")
 def test_slow_clients_cannot_hold_every_worker_thread(server):
-    deadline = time.monotonic() + 30
-    while not all(SERVED_FILE in Path(f"/proc/{pid}/maps").read_text() for pid in server.worker_pids()):
-        assert time.monotonic() < deadline, "both workers loaded the model"  # (start() waits for one)
-        time.sleep(0.1)
+    server.wait_every_worker_serving()  # (start() waits for one)
     connections = []
     try:
         for _ in range(200):  # far more than workers x threads (2 x 4)

@@ -31,7 +31,7 @@ import pytest
 
 from clients.loadgen import format_report, run_load
 from clients.predict import encode_multipart, read_image_part
-from conftest import GunicornServer, has_mapped, http_get
+from conftest import GunicornServer, http_get
 from contract import read_manifest
 from contract.files import sha256_file
 from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, png_bytes
@@ -117,7 +117,7 @@ def test_ten_thousand_requests_at_concurrency_64_none_fails_and_memory_stays_fla
     body, content_type = photo_body
     server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
-        workers = server.wait_every_worker_loaded()
+        workers = server.wait_every_worker_serving()
         batches, per_batch, concurrency = 10, 1000, 64
         reports, memory = [], []  # memory: mean total worker RSS (kB) while each thousand ran
         started = time.perf_counter()
@@ -187,7 +187,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
     stop = threading.Event()
     server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
-        before = server.wait_every_worker_loaded()
+        before = server.wait_every_worker_serving()
         victim = before[0]
         concurrency, fresh_threads = 32, 8
         listener = open_sockets(victim)
@@ -210,7 +210,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
             new = [pid for pid in server.worker_pids() if pid not in before]
             if new and replaced is None:
                 replaced = time.monotonic() - killed_at
-            if new and has_mapped(new[0], SERVED_FILE):
+            if new and new[0] in server.serving_pids():
                 loaded = time.monotonic() - killed_at
             time.sleep(0.01)
         status, answer = http_get(server.url + "/readyz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -92,15 +93,24 @@ def test_openapi_and_page_through_gunicorn(live_server):
     assert status == 200 and b"<html" in page.lower()
 
 
+def slow_copy(source, target):
+    shutil.copy2(source, target)
+    time.sleep(0.1)
+
+
 def test_not_ready_until_a_version_is_published(tmp_path, published_version, real_png):
     server = GunicornServer(tmp_path, env={"POCKETCNN_POLL_SECONDS": "0.3"}).start(wait_ready=False)
     try:
         status, body = get(server.url + "/readyz")
         assert status == 503 and b"no model in" in body
         assert post(server.url + "/predict", real_png, "image/png")[0] == 503
-        shutil.copytree(published_version, tmp_path / "fashion_mnist" / "1")
+        # Copied in by hand, file by file and slowly, as `cp -r` over a network share would: the workers poll
+        # (every 0.3 s) while the folder is half there, fail to load it, and must load it once it is whole.
+        shutil.copytree(published_version, tmp_path / "fashion_mnist" / "1", copy_function=slow_copy)
         server.wait_for("/readyz", timeout=30)
-        server.wait_every_worker_loaded()  # each worker polls on its own (every 0.3 s)
+        # Each worker polls on its own. Waiting until each had the model file open was not enough (a worker
+        # opens it before its self-check, and in attempts that fail): a CI run got a 503 after that wait.
+        server.wait_every_worker_serving()
         statuses = {post(server.url + "/predict", real_png, "image/png")[0] for _ in range(20)}
         assert statuses == {200}
     finally:
