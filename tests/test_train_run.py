@@ -146,6 +146,17 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32", "the process-wide policy is restored"
 
 
+def test_cosine_schedule_decays_the_rate_every_epoch_down_to_the_minimum(tmp_path):
+    config = replace(SMALL, train_limit=1000, epochs=3, lr_schedule="cosine", learning_rate=1e-3,
+                     min_learning_rate=1e-5, runs_dir=str(tmp_path), run_name="cosine")
+    run = train(config)
+    rates = [row["learning_rate"] for row in json.loads((run / rf.HISTORY_JSON).read_text())]
+    assert len(rates) == 3 and rates[0] < 1e-3 and rates[0] > rates[1] > rates[2]
+    assert rates[2] == pytest.approx(1e-5, rel=1e-3)  # the end of the decay, after the last step
+    # Half-way (1.5 epochs), a cosine from 1e-3 to 1e-5 is at their mean; at 1 and 2 epochs it is above and below.
+    assert rates[0] > (1e-3 + 1e-5) / 2 > rates[1]
+
+
 def test_mirrored_strategy_trains(tmp_path):
     run = train(replace(SMALL, train_limit=512, strategy="mirrored", runs_dir=str(tmp_path), run_name="mirrored"))
     assert json.loads((run / rf.METRICS).read_text())["epochs_run"] == 1

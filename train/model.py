@@ -89,7 +89,7 @@ def _mobilenet_features(x, input_shape, config: TrainConfig):
     return base(x, training=None if config.fine_tune else False)
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "rmsprop":
@@ -101,9 +101,18 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     raise ModelConfigError(f"unknown optimizer '{name}'; choose adam, rmsprop, sgd or nadam")
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """A number (the plateau schedule changes it from a callback) or a cosine decay over every step."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch),
+            alpha=min(1.0, config.min_learning_rate / config.learning_rate))
+    return config.learning_rate
+
+
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1) -> keras.Model:
     model.compile(
-        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        optimizer=make_optimizer(config.optimizer, learning_rate(config, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

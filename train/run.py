@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -94,7 +95,8 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
 
     strategy = make_strategy(config.strategy)
     with strategy.scope():
-        model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config)
+        steps_per_epoch = math.ceil(len(dataset.x_train) / config.batch_size)
+        model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config, steps_per_epoch)
 
     backup_dir = run_dir / rf.BACKUP
     initial_epoch = cb.read_backup_epoch(backup_dir) if resuming else 0
@@ -110,8 +112,8 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
         cb.RunHistory(run_dir / rf.HISTORY_CSV, run_dir / rf.HISTORY_JSON, resume),
         cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
         cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
-        cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
-                                      config.min_learning_rate, lr_resume),
+        *([cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
+                                         config.min_learning_rate, lr_resume)] if config.lr_schedule == "plateau" else []),
         cb.TimeBudget(config.max_minutes),
         *extra_callbacks,
     ]
