@@ -66,6 +66,7 @@ class Server:
                         POCKETCNN_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="2", **env)
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.app = app
+        self.workers = workers
         self.process = None
         self.ready_seconds = None
 
@@ -74,6 +75,12 @@ class Server:
         self.log = open(f"/tmp/pocketcnn-bench-{self.port}.log", "w")
         self.process = subprocess.Popen([GUNICORN, "-c", "python:serve.gunicorn_conf", self.app], cwd=ROOT,
                                         env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        while not self.every_worker_taking_connections():  # else the first worker would get every connection
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.app} exited: see {self.log.name}")
+            if time.monotonic() - started > 300:
+                raise TimeoutError(f"{self.app}: not every worker started within 300 s")
+            time.sleep(0.02)
         in_a_row = 0  # every worker must be ready: ask until 20 fresh connections in a row get 200
         while in_a_row < 20:
             if self.process.poll() is not None:
@@ -89,6 +96,12 @@ class Server:
             time.sleep(0.02)
         self.ready_seconds = time.monotonic() - started
         return self
+
+    def every_worker_taking_connections(self) -> bool:
+        """Each worker logs "taking connections" (serve.gunicorn_worker) once its application is loaded."""
+        pids = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+        text = Path(self.log.name).read_text(errors="replace")
+        return len(pids) == self.workers and all(f"[{pid}] [INFO] taking connections" in text for pid in pids)
 
     def __exit__(self, *exc):
         self.process.terminate()

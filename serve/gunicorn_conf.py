@@ -9,6 +9,9 @@ a client before its connection is closed, default 10). Model settings: see serve
 import os
 import shutil
 import tempfile
+from multiprocessing.sharedctypes import RawArray
+
+from serve.gunicorn_worker import NOT_RUNNING
 
 bind = os.environ.get("POCKETCNN_BIND", "127.0.0.1:8000")
 # One worker per core, each inference single-threaded (POCKETCNN_INFERENCE_THREADS=1): workers x
@@ -41,10 +44,25 @@ def on_starting(server):
     os.makedirs(folder, exist_ok=True)
 
 
+# Connections held by each worker, in memory shared with the workers (created here, in the master, before
+# any fork): serve.gunicorn_worker.ThreadWorker uses it to send new connections to the least busy worker.
+CONNECTION_COUNTS = RawArray("i", [NOT_RUNNING] * 256)
+
+
+def pre_fork(server, worker):
+    used = {getattr(other, "slot", None) for other in server.WORKERS.values()}
+    worker.slot = next((slot for slot in range(len(CONNECTION_COUNTS)) if slot not in used), None)
+    if worker.slot is not None:
+        CONNECTION_COUNTS[worker.slot] = NOT_RUNNING  # until the worker's loop runs
+        worker.connection_counts = CONNECTION_COUNTS
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    if getattr(worker, "slot", None) is not None:
+        CONNECTION_COUNTS[worker.slot] = NOT_RUNNING
 
 
 def post_fork(server, worker):

@@ -1,4 +1,5 @@
-"""gunicorn's threaded worker with a read timeout on client connections.
+"""gunicorn's threaded worker with a read timeout on client connections, and new connections spread
+evenly over the workers.
 
 gunicorn 27's gthread worker waits (in its poller) for a new connection's first byte, but once a
 request has started it reads the rest with a blocking socket and no timeout: a client that sends half
@@ -6,6 +7,14 @@ its headers and stops holds a worker thread forever. Here every client socket gi
 arrives for POCKETCNN_READ_TIMEOUT seconds (default 10): a stalled upload releases its thread and its
 connection is closed. A flood of more slow clients than workers x threads still needs a buffering
 proxy in front (nginx, a cloud load balancer), as for any thread-per-connection server.
+
+Every worker listens on the one shared socket, and whichever wakes first takes a new connection. Clients
+that keep their connections open (browsers, load balancers, wrk) often ended up all on one worker while
+the other idled: at concurrency 8, one run in three put all 8 connections on one worker and served half
+the requests per second. Here each worker publishes how many connections it holds in a table shared by
+all workers (gunicorn_conf creates it before the fork and gives each worker a slot), and only a worker
+holding no more connections than any other listens for new ones. The least busy worker always listens, so
+a connection never waits for more than a poll interval (POLL_WHILE_DEFERRING).
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import socket
 from gunicorn.workers import gthread
 
 READ_TIMEOUT = float(os.environ.get("POCKETCNN_READ_TIMEOUT", "10"))
+POLL_WHILE_DEFERRING = 0.02  # seconds: how soon a worker that left new connections to others looks again
+NOT_RUNNING = -1  # a slot's value while its worker is not (yet, or any more) taking connections
 
 
 class ClientSocket(socket.socket):
@@ -39,6 +50,40 @@ class ClientSocket(socket.socket):
 
 
 class ThreadWorker(gthread.ThreadWorker):
+    # Set by gunicorn_conf.pre_fork in the master: the shared table of connection counts and this worker's slot.
+    connection_counts = None
+    slot: int | None = None
+
+    def run(self):
+        # The application is loaded (for pocketcnn: the model too, or the first attempt's wait is over).
+        if self.connection_counts is not None and self.slot is not None:
+            self.connection_counts[self.slot] = 0
+        self.log.info("taking connections")
+        super().run()
+
+    def wait_for_and_dispatch_events(self, timeout):
+        if self.connection_counts is None or self.slot is None:
+            return super().wait_for_and_dispatch_events(timeout)
+        self.connection_counts[self.slot] = self.nr_conns
+        self.set_accept_enabled(self.nr_conns < self.worker_connections)
+        if not self._accepting and self.nr_conns < self.worker_connections:
+            timeout = min(timeout, POLL_WHILE_DEFERRING)  # others are less busy; look again soon
+        return super().wait_for_and_dispatch_events(timeout)
+
+    def set_accept_enabled(self, enabled):
+        """gthread calls this when the connection limit allows accepting; accept only when no other
+        running worker holds fewer connections."""
+        if not self.alive and self.connection_counts is not None and self.slot is not None:
+            self.connection_counts[self.slot] = NOT_RUNNING  # stopping: others must not wait for us
+        super().set_accept_enabled(enabled and self.alive and self.least_busy())
+
+    def least_busy(self) -> bool:
+        if self.connection_counts is None or self.slot is None:
+            return True
+        others = [count for index, count in enumerate(self.connection_counts)
+                  if index != self.slot and count != NOT_RUNNING]
+        return not others or self.nr_conns <= min(others)
+
     def accept(self, listener):
         """gthread's accept, with the client socket as a ClientSocket."""
         try:

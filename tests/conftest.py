@@ -183,6 +183,17 @@ class GunicornServer:
             self.log.close()
 
 
+def open_sockets(pid: int) -> int:
+    """Sockets the process holds open; descriptors closed while we look are not counted."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += "socket" in os.readlink(fd)
+        except FileNotFoundError:
+            pass
+    return count
+
+
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
     """(status, body) of a GET, error statuses included."""
     import urllib.error

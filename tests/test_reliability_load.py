@@ -31,7 +31,7 @@ import pytest
 
 from clients.loadgen import format_report, run_load
 from clients.predict import encode_multipart, read_image_part
-from conftest import GunicornServer, http_get
+from conftest import GunicornServer, http_get, open_sockets
 from contract import read_manifest
 from contract.files import sha256_file
 from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, png_bytes
@@ -167,17 +167,6 @@ def fresh_connection_hammer(url: str, png: bytes, stop: threading.Event, outcome
             connection.close()
         with lock:
             outcomes[outcome] += 1
-
-
-def open_sockets(pid: int) -> int:
-    """Sockets the process holds open; descriptors closed while we look are not counted."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            count += "socket" in os.readlink(fd)
-        except FileNotFoundError:
-            pass
-    return count
 
 
 def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(model_repository, photo_body,

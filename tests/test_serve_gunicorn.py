@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shutil
 import time
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import GunicornServer
+from conftest import GunicornServer, open_sockets
 from helpers import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -114,4 +115,28 @@ def test_not_ready_until_a_version_is_published(tmp_path, published_version, rea
         statuses = {post(server.url + "/predict", real_png, "image/png")[0] for _ in range(20)}
         assert statuses == {200}
     finally:
+        server.stop()
+
+
+def test_kept_alive_connections_are_spread_evenly_over_the_workers(model_repository, real_png):
+    """Clients that keep their connections open (browsers, load balancers) must not all land on one worker
+    while the other idles: a new connection goes to the worker holding the fewest."""
+    server = GunicornServer(model_repository, workers=2).start()
+    connections = []
+    try:
+        workers = server.wait_every_worker_serving()
+        before = {pid: open_sockets(pid) for pid in workers}
+        for held_each in (5, 10):
+            for _ in range(10):  # one after another, each kept open after its answer
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                connection.request("POST", "/predict", real_png, {"Content-Type": "image/png"})
+                response = connection.getresponse()
+                assert response.status == 200 and response.getheader("Connection", "keep-alive") != "close"
+                response.read()
+                connections.append(connection)
+            held = {pid: open_sockets(pid) - before[pid] for pid in workers}
+            assert sorted(held.values()) == [held_each, held_each], held
+    finally:
+        for connection in connections:
+            connection.close()
         server.stop()
