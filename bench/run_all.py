@@ -191,7 +191,8 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "every app through the same drift. Figures are the median slice; the ratios are the median of the ratios "
         "within a round. Inputs: a real 28×28 Fashion-MNIST test PNG, and a 640×480 JPEG photo (a real "
         "Fashion-MNIST garment upscaled onto a textured background, 43 kB). pocketcnn serves its default format, "
-        f"`{serve['served_format']}`.",
+        f"`{serve['served_format']}`. The worker class gives each new connection to the worker holding the fewest, "
+        "for all three apps; each app is measured once every worker takes connections.",
         "",
         "| input | concurrency | pocketcnn | HTTP ceiling | tutorial way | vs ceiling | vs tutorial | pocketcnn p50 / p99 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
