@@ -97,9 +97,12 @@ class Server:
         self.ready_seconds = time.monotonic() - started
         return self
 
+    def worker_pids(self) -> list[str]:
+        return subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+
     def every_worker_taking_connections(self) -> bool:
         """Each worker logs "taking connections" (serve.gunicorn_worker) once its application is loaded."""
-        pids = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+        pids = self.worker_pids()
         text = Path(self.log.name).read_text(errors="replace")
         return len(pids) == self.workers and all(f"[{pid}] [INFO] taking connections" in text for pid in pids)
 
@@ -109,7 +112,7 @@ class Server:
         self.log.close()
 
     def worker_rss_mb(self) -> list[float]:
-        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+        children = self.worker_pids()
         sizes = []
         for pid in children:
             status = Path(f"/proc/{pid}/status").read_text()

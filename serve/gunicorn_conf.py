@@ -46,7 +46,10 @@ def on_starting(server):
 
 # Connections held by each worker, in memory shared with the workers (created here, in the master, before
 # any fork): serve.gunicorn_worker.ThreadWorker uses it to send new connections to the least busy worker.
-CONNECTION_COUNTS = RawArray("i", [NOT_RUNNING] * 256)
+# Twice the workers, for a graceful reload (old and new workers overlap); a worker beyond that (more added
+# with TTIN) gets no slot and accepts like plain gthread. Small, because every worker reads it on every
+# turn of its event loop.
+CONNECTION_COUNTS = RawArray("i", [NOT_RUNNING] * (2 * workers + 2))
 
 
 def pre_fork(server, worker):

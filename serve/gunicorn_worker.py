@@ -50,38 +50,42 @@ class ClientSocket(socket.socket):
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    # Set by gunicorn_conf.pre_fork in the master: the shared table of connection counts and this worker's slot.
+    # Set by gunicorn_conf.pre_fork in the master: the shared table of connection counts and this worker's
+    # slot in it (both, or neither: a worker without a slot accepts like plain gthread).
     connection_counts = None
     slot: int | None = None
 
+    def publish(self, count: int) -> None:
+        if self.connection_counts is not None:
+            self.connection_counts[self.slot] = count
+
     def run(self):
         # The application is loaded (for pocketcnn: the model too, or the first attempt's wait is over).
-        if self.connection_counts is not None and self.slot is not None:
-            self.connection_counts[self.slot] = 0
+        self.publish(0)
         self.log.info("taking connections")
         super().run()
 
     def wait_for_and_dispatch_events(self, timeout):
-        if self.connection_counts is None or self.slot is None:
-            return super().wait_for_and_dispatch_events(timeout)
-        self.connection_counts[self.slot] = self.nr_conns
-        self.set_accept_enabled(self.nr_conns < self.worker_connections)
-        if not self._accepting and self.nr_conns < self.worker_connections:
-            timeout = min(timeout, POLL_WHILE_DEFERRING)  # others are less busy; look again soon
+        if self.connection_counts is not None:  # runs once per turn of the event loop: kept cheap
+            self.publish(self.nr_conns)
+            self.set_accept_enabled(self.nr_conns < self.worker_connections)
+            if not self._accepting and self.nr_conns < self.worker_connections:
+                timeout = min(timeout, POLL_WHILE_DEFERRING)  # others are less busy; look again soon
         return super().wait_for_and_dispatch_events(timeout)
 
     def set_accept_enabled(self, enabled):
         """gthread calls this when the connection limit allows accepting; accept only when no other
         running worker holds fewer connections."""
-        if not self.alive and self.connection_counts is not None and self.slot is not None:
-            self.connection_counts[self.slot] = NOT_RUNNING  # stopping: others must not wait for us
+        if not self.alive:
+            self.publish(NOT_RUNNING)  # stopping: others must not wait for us
         super().set_accept_enabled(enabled and self.alive and self.least_busy())
 
     def least_busy(self) -> bool:
-        if self.connection_counts is None or self.slot is None:
+        if self.connection_counts is None:
             return True
-        others = [count for index, count in enumerate(self.connection_counts)
-                  if index != self.slot and count != NOT_RUNNING]
+        counts = self.connection_counts[:]  # one copy of the small table, not an item read per slot
+        counts[self.slot] = NOT_RUNNING
+        others = [count for count in counts if count != NOT_RUNNING]
         return not others or self.nr_conns <= min(others)
 
     def accept(self, listener):

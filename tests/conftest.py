@@ -194,6 +194,17 @@ def open_sockets(pid: int) -> int:
     return count
 
 
+def server_side_connections(port: int) -> int:
+    """Connections that a process serving this loopback port still holds open (from /proc/net/tcp: not
+    listening, and with an inode: TIME_WAIT and other orphans have none)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        count += int(local.rsplit(":", 1)[1], 16) == port and state != "0A" and inode != "0"
+    return count
+
+
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
     """(status, body) of a GET, error statuses included."""
     import urllib.error

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import GunicornServer, open_sockets
+from conftest import GunicornServer, open_sockets, server_side_connections
 from helpers import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -125,6 +125,10 @@ def test_kept_alive_connections_are_spread_evenly_over_the_workers(model_reposit
     connections = []
     try:
         workers = server.wait_every_worker_serving()
+        deadline = time.monotonic() + 15
+        while server_side_connections(server.port):  # start()'s /readyz connections, until the workers close them
+            assert time.monotonic() < deadline, "the workers closed the start-up connections"
+            time.sleep(0.05)
         before = {pid: open_sockets(pid) for pid in workers}
         for held_each in (5, 10):
             for _ in range(10):  # one after another, each kept open after its answer
