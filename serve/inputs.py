@@ -35,8 +35,10 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
 
     Accepted: multipart field 'image' (repeatable); a raw body with Content-Type image/* or
     application/octet-stream; JSON {"image": "<base64>"} or {"images": ["<base64>", ...]}."""
-    mimetype = request.mimetype or ""
-    top_k = request.args.get("top_k")
+    # Werkzeug's request.mimetype and request.args parse with regular expressions on every request; the
+    # media type is what comes before the first ';', and most requests have no query string at all.
+    mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    top_k = request.args.get("top_k") if request.environ.get("QUERY_STRING") else None
     if mimetype == "multipart/form-data":
         try:
             form = parse_multipart(request.get_data(cache=False), boundary_of(request.content_type or ""))
