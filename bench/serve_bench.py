@@ -170,8 +170,25 @@ def interleaved(servers: dict[str, Server], image: Path, connections: int, secon
     slices: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            slices[name].append(wrk(servers[name].url, image, connections, seconds, servers[name].worker_pids()))
+            pids = servers[name].worker_pids()
+            slices[name].append(wrk(servers[name].url, image, connections, seconds, pids))
+            wait_until_idle(pids)
     return {name: summarize(runs) for name, runs in slices.items()}
+
+
+def wait_until_idle(pids: list[str], timeout: float = 60.0) -> None:
+    """Wait until the workers have stopped using the CPU. When wrk stops, a slow app still has the requests of
+    every open connection to finish: the tutorial way at c=32 kept a core busy for seconds after its slice, and
+    the slice after it (another app's) ran on what was left. On 2026-11-27 that made 3 of pocketcnn's 5
+    PNG c=32 slices half as fast as the other 2."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    before = cpu_seconds(pids)
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_seconds(pids)
+        quiet = quiet + 1 if now - before < 0.005 else 0  # under 5 % of a core for 0.1 s, twice in a row
+        before = now
 
 
 def summarize(runs: list[dict]) -> dict:
