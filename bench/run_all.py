@@ -40,8 +40,8 @@ TRIED_FOR_SERVING = """Tried for the share of the ceiling on 2026-11-27 and not 
   in a container with a CPU quota, pinning to the host's first cores would be wrong.
 - **TurboJPEG through simplejpeg for large JPEGs.** Pixel-for-pixel the same as Pillow's reduced-scale decode
   (768 cases: 12 sizes, grey and colour, three subsamplings, progressive, EXIF turns, four model inputs), but
-  the same work: callgrind counts 3.03 M
-  instructions per 640×480 decode against Pillow's 3.01 M, and under load it was no faster.
+  the same work: callgrind counts 3.03 M instructions per 640×480 decode against Pillow's 3.01 M, and under
+  load it was no faster.
 - **A lock around each request's handling,** so a worker runs one at a time: no clear change.
 - **A smaller model** (conv blocks 24-48-96, 57 % of the multiply-adds): 92.28 % test accuracy with the
   default recipe, below the 93.0 % training target.
@@ -207,9 +207,10 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         f"`{serve['settings']['wrk']}` with `bench/wrk_multipart.lua` (multipart upload, keep-alive) on the same machine. "
         f"The three apps run side by side and are measured in turn, {serve['settings']['rounds']} slices each, the order "
         "rotated every round: this machine's speed drifts by up to 2× within a minute, and slices taken in turn put "
-        "every app through the same drift; each slice starts once the previous app's workers are idle (the tutorial way "
-        "is still working off its backlog for seconds after its slice ends). Figures are the median slice; the ratios are the median of the ratios "
-        "within a round. Inputs: a real 28×28 Fashion-MNIST test PNG, and a 640×480 JPEG photo (a real "
+        "every app through the same drift; each slice starts once the previous app's workers are idle (the tutorial "
+        "way is still working off its backlog for seconds after its slice ends). Figures are the median slice; the "
+        "ratios are the median of the ratios within a round. Inputs: a real 28×28 Fashion-MNIST test PNG, and a "
+        "640×480 JPEG photo (a real "
         "Fashion-MNIST garment upscaled onto a textured background, 43 kB). pocketcnn serves its default format, "
         f"`{serve['served_format']}`. The worker class gives each new connection to the worker holding the fewest, "
         "for all three apps; each app is measured once every worker takes connections.",

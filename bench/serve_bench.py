@@ -145,17 +145,17 @@ def cpu_seconds(pids: list[str]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, image: Path, connections: int, seconds: float, worker_pids: list[str] | None = None) -> dict:
-    """One wrk slice. With `worker_pids`, also the CPU time the workers spent per request (ms): under load that
-    is what throughput divides, and it shows where a service's cost goes better than wall time can."""
-    cpu_before = cpu_seconds(worker_pids) if worker_pids else None
+def wrk(url: str, image: Path, connections: int, seconds: float, worker_pids: list[str]) -> dict:
+    """One wrk slice, with the CPU time the workers spent per request (ms): under load that is what throughput
+    divides, and it shows where a service's cost goes better than wall time can."""
+    cpu_before = cpu_seconds(worker_pids)
     result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(LUA),
                              url + "/predict"], env=dict(os.environ, FILE=str(image)),
                             capture_output=True, text=True, timeout=seconds + 60)
     line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_JSON "))
     stats = json.loads(line[len("WRK_JSON "):])
     stats["requests_per_second"] = round(stats["requests"] / stats["seconds"], 1)
-    if worker_pids and stats["requests"]:
+    if stats["requests"]:
         stats["worker_cpu_ms_per_request"] = round((cpu_seconds(worker_pids) - cpu_before) * 1000 / stats["requests"], 3)
     return stats
 
@@ -266,8 +266,9 @@ def main(argv=None) -> dict:
                 report["ratios"].append(ratio)
                 print(f"  {image_name:<13} c={connections:<3} " + "  ".join(
                     f"{name} {stats['requests_per_second']:>7,.1f}" for name, stats in results.items())
-                    + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling, {ratio['vs_tutorial']:.0f}x the tutorial; worker CPU "
-                    f"{results['pocketcnn'].get('worker_cpu_ms_per_request', 0):.2f} vs {results['ceiling'].get('worker_cpu_ms_per_request', 0):.2f} ms/request",
+                    + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling, {ratio['vs_tutorial']:.0f}x the tutorial; "
+                    + "worker CPU {} vs {} ms/request".format(*(results[app].get("worker_cpu_ms_per_request")
+                                                               for app in ("pocketcnn", "ceiling"))),
                     flush=True)
         report["worker_rss_mb"] = {name: [round(v, 1) for v in s.worker_rss_mb()] for name, s in servers.items()}
     report["ready_seconds"] = ready_times(model_env, 3, args.workers, args.threads)
