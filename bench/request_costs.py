@@ -1,7 +1,8 @@
 """Where one /predict request's time goes, inside the worker (no HTTP, no gunicorn): the whole WSGI call
-of pocketcnn and of the HTTP ceiling app, and pocketcnn's parts timed one by one. The difference between
-the two whole calls is what pocketcnn adds to the ceiling per request; wrk's figures add gunicorn's own
-share on top of both.
+of pocketcnn, of the HTTP ceiling app and of the floor app (the ceiling plus decoding and the model, nothing
+else), and pocketcnn's parts timed one by one. The difference between pocketcnn's and the ceiling's whole
+calls is what pocketcnn adds to the ceiling per request, and pocketcnn minus the floor is its own overhead;
+wrk's figures add gunicorn's own share on top of all three.
 
     python -m bench.request_costs --models bench/models
 """
@@ -26,6 +27,7 @@ from bench.serve_bench import ROOT, make_images, multipart  # noqa: E402
 # What each timing is, in the order printed; the parts are pocketcnn's own steps, one by one.
 LABELS = {
     "ceiling": "ceiling, whole call",
+    "floor": "floor (ceiling + decode + model), whole call",
     "pocketcnn": "pocketcnn, whole call",
     "read": "  read the upload (in a request context)",
     "decode": "  decode_image",
@@ -77,6 +79,9 @@ def main(argv=None) -> dict:
     model = app.extensions["pocketcnn"].current
     if model is None:
         raise SystemExit(f"no servable model in {args.models}: {app.extensions['pocketcnn'].reason}")
+    os.environ["POCKETCNN_FLOOR_MODEL"] = str(model.path / model.manifest["artifacts"][model.format]["file"])
+    from bench.apps.floor import app as floor
+
     images = make_images(Path(tempfile.mkdtemp(prefix="pocketcnn-costs-")))
     results = {}
     for name, path in images.items():
@@ -91,6 +96,7 @@ def main(argv=None) -> dict:
         probabilities = model.predict(pixels)
         costs = {
             "ceiling": ms(whole_call(ceiling, body, content_type), args.number),
+            "floor": ms(whole_call(floor, body, content_type), args.number),
             "pocketcnn": ms(whole_call(app, body, content_type), args.number),
             "read": ms(read, args.number),
             "decode": ms(lambda: decode_uploads(uploads, model, 10 ** 9), args.number),
@@ -103,7 +109,8 @@ def main(argv=None) -> dict:
         for key, value in costs.items():
             print(f"  {LABELS[key]:<44} {value:7.3f}")
         print(f"  pocketcnn adds {costs['pocketcnn'] - costs['ceiling']:.3f} ms to the ceiling's call; decoding and "
-              f"the model are {costs['decode'] + costs['model']:.3f} ms of it")
+              f"the model are {costs['decode'] + costs['model']:.3f} ms of it; {costs['pocketcnn'] - costs['floor']:.3f} ms "
+              "more than the floor")
     app.extensions["pocketcnn"].stop()
     results = {"format": model.format, "number": args.number, "ms": results}
     if args.out:

@@ -2,7 +2,7 @@
 
   1. train   the default recipe (python -m train, no options) on the full Fashion-MNIST
   2. export  that run with every format, QAT and pruning included
-  3. serve   wrk against pocketcnn, the HTTP ceiling and the tutorial way (bench/serve_bench.py)
+  3. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py)
   4. the README's pictures from that run and a real browser (bench/docs_images.py)
 
     python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
@@ -202,10 +202,15 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "",
         "## Serving: gunicorn on loopback, wrk, requests per second",
         "",
-        f"Same gunicorn settings for all three apps: {serve['settings']['workers']} workers × "
+        f"Same gunicorn settings for all five apps: {serve['settings']['workers']} workers × "
         f"{serve['settings']['threads']} threads ({serve['settings']['worker_class']}); load from "
         f"`{serve['settings']['wrk']}` with `bench/wrk_multipart.lua` (multipart upload, keep-alive) on the same machine. "
-        f"The three apps run side by side and are measured in turn, {serve['settings']['rounds']} slices each, the order "
+        "The apps: pocketcnn; the HTTP ceiling (`bench/apps/ceiling.py`: reads the upload as pocketcnn does, answers a "
+        "fixed JSON); two floors (`bench/apps/floor.py`: the ceiling plus only the work no service can skip, decoding "
+        f"the photo with the same `decode_image`, and then also running the served model file, `{serve['floor_model_file']}`, "
+        "through the same LiteRT runner; no checks, metrics or ranking); and the tutorial way (`bench/apps/tutorial.py`: "
+        "`keras.models.load_model`, `model.predict` per request). "
+        f"They run side by side and are measured in turn, {serve['settings']['rounds']} slices each, the order "
         "rotated every round: this machine's speed drifts by up to 2× within a minute, and slices taken in turn put "
         "every app through the same drift; each slice starts once the previous app's workers are idle (the tutorial "
         "way is still working off its backlog for seconds after its slice ends). Figures are the median slice; the "
@@ -213,7 +218,7 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "640×480 JPEG photo (a real "
         "Fashion-MNIST garment upscaled onto a textured background, 43 kB). pocketcnn serves its default format, "
         f"`{serve['served_format']}`. The worker class gives each new connection to the worker holding the fewest, "
-        "for all three apps; each app is measured once every worker takes connections.",
+        "for every app; each app is measured once every worker takes connections.",
         "",
         "The last column is the CPU time the workers spent per request (user + system, from `/proc`, median slice): "
         "under load, throughput is the cores divided by it, so it shows what each app costs better than wall time.",
@@ -245,11 +250,15 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         f"| throughput vs the tutorial way | {tutorial_factor:,.0f}× | ≥ 30× | {verdict(tutorial_factor >= 30)} |",
         f"| share of the HTTP ceiling, 28×28 PNG | {png_ceiling * 100:.0f} % | ≥ 60 % | {verdict(png_ceiling >= 0.6)} |",
         f"| share of the HTTP ceiling, 640×480 JPEG | {jpeg_ceiling * 100:.0f} % | ≥ 40 % | {verdict(jpeg_ceiling >= 0.4)} |",
+        f"| ... the most any service reaches with this model (floor: decode + model), PNG / JPEG | "
+        f"{floor(serve, 'png_28x28', 'floor_model') * 100:.0f} % / {floor(serve, 'jpeg_640x480', 'floor_model') * 100:.0f} % | | |",
+        f"| ... the most any service reaches with no model at all (floor: decode only), PNG / JPEG | "
+        f"{floor(serve, 'png_28x28', 'floor_decode') * 100:.0f} % / {floor(serve, 'jpeg_640x480', 'floor_decode') * 100:.0f} % | | |",
         f"| worker memory (RSS after the load) | {rss:.0f} MB | ≤ 200 MB | {verdict(rss <= 200)} |",
         f"| ready after start (all workers, 3 starts) | {ready:.2f} s | ≤ 3 s | {verdict(ready <= 3)} |",
         f"| failed requests during the benchmark | {errors} of {requests:,} | 0 | {verdict(errors == 0)} |",
         "",
-        *where_the_time_goes(by, a, costs),
+        *the_floors(by, ratios, a, costs),
         *inside_the_worker(costs),
         "Worker memory of the tutorial way for comparison: "
         f"{max(serve['worker_rss_mb']['tutorial']):.0f} MB (TensorFlow in every worker).",
@@ -268,36 +277,46 @@ def cpu_ms(stats: dict) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def where_the_time_goes(by: dict, artifacts: dict, costs: dict) -> list[str]:
-    """What bounds the share of the ceiling: per request, the ceiling only reads the upload and answers;
-    pocketcnn also decodes the photo and runs the model (both timed by bench/request_costs.py)."""
-    parts = []
-    for image, name in (("png_28x28", "PNG"), ("jpeg_640x480", "JPEG")):
-        ceiling_ms = 1000 / by[("ceiling", image, 1)]["requests_per_second"]
-        decode_ms, model_ms = costs["ms"][image]["decode"], costs["ms"][image]["model"]
-        bound = ceiling_ms / (ceiling_ms + model_ms + decode_ms)
-        parts.append(f"{name}: the ceiling's whole request takes {ceiling_ms:.2f} ms at concurrency 1; decoding the "
-                     f"photo takes {decode_ms:.2f} ms and the model {model_ms:.2f} ms, so even with nothing else "
-                     f"to do a service would reach {bound * 100:.0f} % of the ceiling")
-    under_load = []
-    for image, name in (("png_28x28", "PNG"), ("jpeg_640x480", "JPEG")):
-        concurrency = max(c for (app, i, c) in by if i == image)
-        ours, ceiling = by[("pocketcnn", image, concurrency)], by[("ceiling", image, concurrency)]
-        if "worker_cpu_ms_per_request" in ours and "worker_cpu_ms_per_request" in ceiling:
-            added = ours["worker_cpu_ms_per_request"] - ceiling["worker_cpu_ms_per_request"]
-            in_loop = costs["ms"][image]["pocketcnn"] - costs["ms"][image]["ceiling"]
-            under_load.append(f"{name} at concurrency {concurrency}: {ours['worker_cpu_ms_per_request']:.2f} ms of worker "
-                              f"CPU per request against the ceiling's {ceiling['worker_cpu_ms_per_request']:.2f}, so the "
-                              f"{added:.2f} ms pocketcnn adds is {added / in_loop:.1f}× what the same work takes in a "
-                              f"warm loop ({in_loop:.2f} ms, below)")
-    load_text = ("Under load, pocketcnn's own work costs more than in a warm loop (caches and cores shared with "
-                 "gunicorn, wrk and the other worker are the likely reason; not measured): "
-                 + "; ".join(under_load) + ". ") if under_load else ""
-    return [f"What bounds the share of the ceiling (`{costs['format']}`; `tflite_float32` takes "
-            f"{artifacts['tflite_float32']['latency_ms']:.2f} ms per image). " + "; ".join(parts) + ". "
-            "The JPEG decode is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor. "
-            + load_text,
-            ""]
+def floor(serve: dict, image: str, app: str) -> float:
+    """A floor app's share of the ceiling, worst case over the concurrencies."""
+    return min(r[f"{app}_vs_ceiling"] for r in serve["ratios"] if r["image"] == image)
+
+
+def the_floors(by: dict, ratios: dict, artifacts: dict, costs: dict) -> list[str]:
+    """What bounds the share of the ceiling, measured: the floor apps do the ceiling's work plus decoding (and the
+    model), nothing else; the gap between them and pocketcnn is pocketcnn's own overhead."""
+    lines = ["What bounds the share of the ceiling, measured in the same slices: each floor's share of the ceiling, "
+             "pocketcnn's share of the floor with the model (its own overhead costs the rest), and the worker CPU per "
+             "request of each app.",
+             "",
+             "| input | concurrency | floor: decode only | floor: decode + model | pocketcnn | pocketcnn / floor with model "
+             "| worker CPU per request: decode only / decode + model / pocketcnn / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted(ratios, key=lambda k: (k[0] != "png_28x28", k[1])):
+        ratio = ratios[key]
+        lines.append(f"| {key[0]} | {key[1]} | {ratio['floor_decode_vs_ceiling'] * 100:.0f} % | "
+                     f"{ratio['floor_model_vs_ceiling'] * 100:.0f} % | {ratio['vs_ceiling'] * 100:.0f} % | "
+                     f"{ratio['vs_floor_model'] * 100:.0f} % | " + " / ".join(
+                         cpu_ms(by[(app, *key)]) for app in ("floor_decode", "floor_model", "pocketcnn", "ceiling"))
+                     + " ms |")
+    worst = {(image, app): min(r[f"{app}_vs_ceiling"] for r in ratios.values() if r["image"] == image)
+             for image in ("png_28x28", "jpeg_640x480") for app in ("floor_decode", "floor_model")}
+    findings = []
+    for image, name, target in (("png_28x28", "28×28 PNG", 0.6), ("jpeg_640x480", "640×480 JPEG", 0.4)):
+        if worst[(image, "floor_decode")] < target:
+            findings.append(f"on the {name}, decoding alone keeps every service below {target * 100:.0f} % "
+                            f"(decode-only floor {worst[(image, 'floor_decode')] * 100:.0f} %, worst case)")
+        elif worst[(image, "floor_model")] < target:
+            findings.append(f"on the {name}, every service serving this model stays below {target * 100:.0f} % "
+                            f"(its floor: {worst[(image, 'floor_model')] * 100:.0f} %; without the model: "
+                            f"{worst[(image, 'floor_decode')] * 100:.0f} %, worst case)")
+    model_text = (f"The model is `{costs['format']}`, {costs['ms']['png_28x28']['model']:.2f} ms per image in a warm "
+                  f"loop (`tflite_float32` takes {artifacts['tflite_float32']['latency_ms']:.2f} ms). ")
+    if findings:
+        model_text += ("The share targets cannot be reached on this machine: " + "; ".join(findings) + ". The JPEG decode "
+                       "is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor, and "
+                       "TurboJPEG through simplejpeg does the same work (below). ")
+    return lines + ["", model_text + "No request path, however lean, lifts a service above its floor.", ""]
 
 
 def inside_the_worker(costs: dict) -> list[str]:
@@ -306,16 +325,16 @@ def inside_the_worker(costs: dict) -> list[str]:
 
     images = list(costs["ms"])
     lines = [f"Inside the worker (no HTTP): one `/predict` through the WSGI app, best of 5 × {costs['number']:,} calls, "
-             "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request besides "
-             "decoding and the model (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): "
-             "the only part a leaner request path could still take off.",
+             "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request beyond the "
+             "floor (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): the only part a leaner "
+             "request path could still take off.",
              "", "| ms per request | " + " | ".join(images) + " |", "| --- |" + " --- |" * len(images)]
     lines += [f"| {label.strip()} | " + " | ".join(f"{costs['ms'][i][key]:.3f}" for i in images) + " |"
               for key, label in LABELS.items()]
     added = {i: costs["ms"][i]["pocketcnn"] - costs["ms"][i]["ceiling"] for i in images}
     lines.append("| pocketcnn minus the ceiling | " + " | ".join(f"{added[i]:.3f}" for i in images) + " |")
-    lines.append("| ... of which neither decoding nor the model | " + " | ".join(
-        f"{added[i] - costs['ms'][i]['decode'] - costs['ms'][i]['model']:.3f}" for i in images) + " |")
+    lines.append("| pocketcnn minus the floor | " + " | ".join(
+        f"{costs['ms'][i]['pocketcnn'] - costs['ms'][i]['floor']:.3f}" for i in images) + " |")
     return lines + [""]
 
 

@@ -1,8 +1,11 @@
-"""Serving benchmark: wrk against three apps under the same gunicorn settings, measured in turn.
+"""Serving benchmark: wrk against five apps under the same gunicorn settings, measured in turn.
 
-  pocketcnn  the service (serve:create_app())
-  ceiling    same Flask + gunicorn, reads the upload, answers a fixed JSON (bench/apps/ceiling.py)
-  tutorial   Flask + keras.models.load_model + model.predict per request (bench/apps/tutorial.py)
+  pocketcnn     the service (serve:create_app())
+  ceiling       same Flask + gunicorn, reads the upload, answers a fixed JSON (bench/apps/ceiling.py)
+  floor_decode  the ceiling plus decode_image (bench/apps/floor.py): what any service must add at least
+  floor_model   the ceiling plus decode_image and the served model file: the most a service with this
+                model can reach (pocketcnn minus its own overhead)
+  tutorial      Flask + keras.models.load_model + model.predict per request (bench/apps/tutorial.py)
 
     python -m bench.serve_bench --models bench/models --keras-model runs/latest/best.keras
 """
@@ -212,6 +215,14 @@ def median_ratio(ours: dict, theirs: dict) -> float:
     return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
+def served_artifact(url: str, models: Path) -> Path:
+    """The model file the running service serves, from its GET /model."""
+    with urllib.request.urlopen(url + "/model", timeout=10) as response:
+        info = json.load(response)
+    served = info["served"]
+    return Path(models) / served["name"] / str(served["version"]) / info["manifest"]["artifacts"][served["format"]]["file"]
+
+
 def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -240,6 +251,8 @@ def main(argv=None) -> dict:
     apps = {
         "pocketcnn": ("serve:create_app()", model_env),
         "ceiling": ("bench.apps.ceiling:app", {}),
+        "floor_decode": ("bench.apps.floor:app", {}),
+        "floor_model": ("bench.apps.floor:app", {}),  # POCKETCNN_FLOOR_MODEL: the file pocketcnn serves, below
         "tutorial": ("bench.apps.tutorial:app", {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())}),
     }
     from serve.app import DEFAULTS
@@ -250,8 +263,13 @@ def main(argv=None) -> dict:
               "runs": [], "ratios": []}
     print(f"Serving benchmark: {args.rounds} rounds of {args.seconds} s per app, apps in turn (requests/s)", flush=True)
     with contextlib.ExitStack() as stack:
-        servers = {name: stack.enter_context(Server(app, env, args.workers, args.threads))
-                   for name, (app, env) in apps.items()}
+        servers = {"pocketcnn": stack.enter_context(Server(*apps["pocketcnn"], args.workers, args.threads))}
+        artifact = served_artifact(servers["pocketcnn"].url, Path(args.models).resolve())
+        apps["floor_model"][1]["POCKETCNN_FLOOR_MODEL"] = str(artifact)
+        report["floor_model_file"] = str(artifact.relative_to(Path(args.models).resolve()))
+        for name, (app, env) in apps.items():
+            if name not in servers:
+                servers[name] = stack.enter_context(Server(app, env, args.workers, args.threads))
         report["ready_seconds_first_start"] = {name: round(s.ready_seconds, 2) for name, s in servers.items()}
         for image_name, image in images.items():
             for server in servers.values():
@@ -262,11 +280,16 @@ def main(argv=None) -> dict:
                     report["runs"].append({"app": name, "image": image_name, "concurrency": connections, **stats})
                 ratio = {"image": image_name, "concurrency": connections,
                          "vs_ceiling": round(median_ratio(results["pocketcnn"], results["ceiling"]), 4),
-                         "vs_tutorial": round(median_ratio(results["pocketcnn"], results["tutorial"]), 2)}
+                         "vs_tutorial": round(median_ratio(results["pocketcnn"], results["tutorial"]), 2),
+                         "vs_floor_model": round(median_ratio(results["pocketcnn"], results["floor_model"]), 4),
+                         "floor_decode_vs_ceiling": round(median_ratio(results["floor_decode"], results["ceiling"]), 4),
+                         "floor_model_vs_ceiling": round(median_ratio(results["floor_model"], results["ceiling"]), 4)}
                 report["ratios"].append(ratio)
                 print(f"  {image_name:<13} c={connections:<3} " + "  ".join(
                     f"{name} {stats['requests_per_second']:>7,.1f}" for name, stats in results.items())
-                    + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling, {ratio['vs_tutorial']:.0f}x the tutorial; "
+                    + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling (floors: decode "
+                    + f"{ratio['floor_decode_vs_ceiling'] * 100:.0f} %, decode + model {ratio['floor_model_vs_ceiling'] * 100:.0f} %), "
+                    + f"{ratio['vs_tutorial']:.0f}x the tutorial; "
                     + "worker CPU {} vs {} ms/request".format(*(results[app].get("worker_cpu_ms_per_request")
                                                                for app in ("pocketcnn", "ceiling"))),
                     flush=True)
