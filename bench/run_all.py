@@ -258,7 +258,7 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         f"| ready after start (all workers, 3 starts) | {ready:.2f} s | ≤ 3 s | {verdict(ready <= 3)} |",
         f"| failed requests during the benchmark | {errors} of {requests:,} | 0 | {verdict(errors == 0)} |",
         "",
-        *the_floors(by, ratios, a, costs),
+        *the_floors(serve, by, ratios, a, costs),
         *inside_the_worker(costs),
         "Worker memory of the tutorial way for comparison: "
         f"{max(serve['worker_rss_mb']['tutorial']):.0f} MB (TensorFlow in every worker).",
@@ -282,7 +282,7 @@ def floor(serve: dict, image: str, app: str) -> float:
     return min(r[f"{app}_vs_ceiling"] for r in serve["ratios"] if r["image"] == image)
 
 
-def the_floors(by: dict, ratios: dict, artifacts: dict, costs: dict) -> list[str]:
+def the_floors(serve: dict, by: dict, ratios: dict, artifacts: dict, costs: dict) -> list[str]:
     """What bounds the share of the ceiling, measured: the floor apps do the ceiling's work plus decoding (and the
     model), nothing else; the gap between them and pocketcnn is pocketcnn's own overhead."""
     lines = ["What bounds the share of the ceiling, measured in the same slices: each floor's share of the ceiling, "
@@ -299,7 +299,7 @@ def the_floors(by: dict, ratios: dict, artifacts: dict, costs: dict) -> list[str
                      f"{ratio['vs_floor_model'] * 100:.0f} % | " + " / ".join(
                          cpu_ms(by[(app, *key)]) for app in ("floor_decode", "floor_model", "pocketcnn", "ceiling"))
                      + " ms |")
-    worst = {(image, app): min(r[f"{app}_vs_ceiling"] for r in ratios.values() if r["image"] == image)
+    worst = {(image, app): floor(serve, image, app)
              for image in ("png_28x28", "jpeg_640x480") for app in ("floor_decode", "floor_model")}
     findings = []
     for image, name, target in (("png_28x28", "28×28 PNG", 0.6), ("jpeg_640x480", "640×480 JPEG", 0.4)):

@@ -251,8 +251,8 @@ def main(argv=None) -> dict:
     apps = {
         "pocketcnn": ("serve:create_app()", model_env),
         "ceiling": ("bench.apps.ceiling:app", {}),
-        "floor_decode": ("bench.apps.floor:app", {}),
-        "floor_model": ("bench.apps.floor:app", {}),  # POCKETCNN_FLOOR_MODEL: the file pocketcnn serves, below
+        "floor_decode": ("bench.apps.floor:app", {"POCKETCNN_FLOOR_DECODE_ONLY": "1"}),
+        "floor_model": ("bench.apps.floor:app", {}),  # both floors get POCKETCNN_FLOOR_MODEL (pocketcnn's file) below
         "tutorial": ("bench.apps.tutorial:app", {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())}),
     }
     from serve.app import DEFAULTS
@@ -265,7 +265,8 @@ def main(argv=None) -> dict:
     with contextlib.ExitStack() as stack:
         servers = {"pocketcnn": stack.enter_context(Server(*apps["pocketcnn"], args.workers, args.threads))}
         artifact = served_artifact(servers["pocketcnn"].url, Path(args.models).resolve())
-        apps["floor_model"][1]["POCKETCNN_FLOOR_MODEL"] = str(artifact)
+        for floor in ("floor_decode", "floor_model"):
+            apps[floor][1]["POCKETCNN_FLOOR_MODEL"] = str(artifact)
         report["floor_model_file"] = str(artifact.relative_to(Path(args.models).resolve()))
         for name, (app, env) in apps.items():
             if name not in servers:

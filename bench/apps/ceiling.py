@@ -16,9 +16,14 @@ ANSWER = json.dumps({"model": {"name": "ceiling", "version": 1, "format": "none"
                      "predictions": [{"label": f"class {i}", "index": i, "percent": 10.0} for i in range(10)]})
 
 
+def read_uploads():
+    """The request's multipart 'image' files, read as pocketcnn reads them (the whole body, then serve.multipart)."""
+    return parse_multipart(request.get_data(cache=False), boundary_of(request.content_type)).file_list("image")
+
+
 @app.post("/predict")
 def predict():
-    uploads = parse_multipart(request.get_data(cache=False), boundary_of(request.content_type)).file_list("image")
+    uploads = read_uploads()
     size = sum(len(upload.data) for upload in uploads)
     if not size:
         return Response('{"error": {"code": "missing_image", "message": "no image"}}', 400, mimetype="application/json")
