@@ -1,5 +1,5 @@
 # pocketcnn: train a CNN, export it for phones and servers, serve per-class percentages.
-# Every target sets itself up first; `make` alone lists them.
+# Every target sets up what it needs first; `make` alone lists them.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -11,13 +11,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_TIMEOUT ?= 2400
 STAMP := $(VENV)/.installed
+PACKAGES := scripts/install-system-packages.sh
 
-.PHONY: help setup system-packages train export serve run test test-fast bench clean
+.PHONY: help setup train export serve run lint test test-fast bench clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: $(STAMP) system-packages ## Create .venv with every extra (pinned by constraints.txt) and install the Debian packages
+setup: $(STAMP) ## Create .venv with every extra (pinned by constraints.txt); no root needed
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -25,19 +26,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,export,serve,dev]'
 	touch $@
 
-system-packages: ## Install Fashion-MNIST, Chromium, ChromeDriver and wrk from Debian (root or sudo)
-	@scripts/install-system-packages.sh
-
 train: setup ## Train the default recipe on Fashion-MNIST into runs/<run-id>/ (ARGS="..." for options)
+	@$(PACKAGES) data
 	$(PY) -m train --runs-dir $(RUNS) $(ARGS)
 
-export: setup ## Export the newest run to models/ with every release gate; non-zero exit if any gate fails
+export: setup ## Export the newest run to models/ with every release gate; exit 3 if a gate fails
 	$(PY) -m export $(RUNS)/latest --models-dir $(MODELS) $(ARGS)
 
 serve: setup ## Serve the best published model with gunicorn on HOST:PORT (default 127.0.0.1:8000)
 	POCKETCNN_MODEL_REPOSITORY=$(MODELS) $(VENV)/bin/gunicorn -c python:serve.gunicorn_conf --bind $(HOST):$(PORT) 'serve:create_app()'
 
 run: setup ## Train (if no run yet), export (if no model yet), then serve with the web page
+	@$(PACKAGES) data
 	@if [ ! -e $(RUNS)/latest ]; then echo "No trained model yet: training the default recipe (13 to 22 minutes on 2 cores)"; \
 		$(PY) -m train --runs-dir $(RUNS) || exit $$?; fi
 	@if ! $(PY) -m export.published $(RUNS)/latest --models-dir $(MODELS); then \
@@ -45,14 +45,20 @@ run: setup ## Train (if no run yet), export (if no model yet), then serve with t
 	@echo "Open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the service)"
 	@$(MAKE) --no-print-directory serve
 
-test: setup ## Run the whole test suite (trains, exports and serves small models on real data)
+lint: setup ## ruff: style, bugbear and security rules (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+test: setup lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
+	@$(PACKAGES) data browser test
 	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q -o faulthandler_timeout=900 $(ARGS)
 
-test-fast: setup ## Only the tests that need no training, export or server
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+test-fast: setup ## The tests that need no trained model and no browser (the HTTP contract on a tiny model)
+	@$(PACKAGES) data
+	$(PY) -m pytest -q -m "not slow and not browser" $(ARGS)
 
 bench: setup ## Benchmarks on the full data set (about 45 minutes); results in bench/results and BENCHMARKS.md
+	@$(PACKAGES) data browser bench
 	$(PY) -m bench.run_all $(ARGS)
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and models/)
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

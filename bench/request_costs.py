@@ -23,7 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.serve_bench import ROOT, make_images, multipart  # noqa: E402
 
-
 # What each timing is, in the order printed; the parts are pocketcnn's own steps, one by one.
 LABELS = {
     "ceiling": "ceiling, whole call",
@@ -72,8 +71,9 @@ def main(argv=None) -> dict:
 
     from bench.apps.ceiling import app as ceiling
     from serve import create_app
-    from serve.app import decode_uploads, json_response, rank
     from serve.inputs import read_uploads
+    from serve.predict import decode_uploads, rank
+    from serve.responses import json_response
 
     app = create_app({"MODEL_REPOSITORY": str(args.models), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
     model = app.extensions["pocketcnn"].current
@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     for name, path in images.items():
         body, content_type = multipart(path)
 
-        def read():
+        def read(body=body, content_type=content_type):
             with app.request_context(wsgi_environ(body, content_type)):
                 return read_uploads(request, 16)[0]
 
@@ -99,10 +99,10 @@ def main(argv=None) -> dict:
             "floor": ms(whole_call(floor, body, content_type), args.number),
             "pocketcnn": ms(whole_call(app, body, content_type), args.number),
             "read": ms(read, args.number),
-            "decode": ms(lambda: decode_uploads(uploads, model, 10 ** 9), args.number),
-            "model": ms(lambda: model.predict(pixels), args.number),
-            "answer": ms(lambda: json_response({"model": model.describe(), "predictions":
-                                                rank(probabilities[0], model.labels, None)}), args.number),
+            "decode": ms(lambda uploads=uploads: decode_uploads(uploads, model, 10 ** 9), args.number),
+            "model": ms(lambda pixels=pixels: model.predict(pixels), args.number),
+            "answer": ms(lambda first=probabilities[0]: json_response({"model": model.describe(), "predictions":
+                                                                      rank(first, model.labels, None)}), args.number),
         }
         results[name] = costs
         print(f"{name} ({len(body):,} bytes uploaded, {model.format}), ms per request, best of 5 x {args.number}:")

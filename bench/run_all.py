@@ -75,6 +75,9 @@ def bench_train(run_dir: Path | None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
     return {
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "images": {k: metrics.get(f"{k}_images") for k in ("train", "validation", "test")},
+        "compute_precision": metrics.get("compute_precision"),
         "run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
         "test_accuracy": metrics["test_accuracy"],
         "training_minutes": round(metrics["training_seconds"] / 60, 2),
@@ -129,6 +132,34 @@ def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> d
     return json.loads((RESULTS / "serve.json").read_text())
 
 
+def recipe_text(train: dict) -> str:
+    """The training recipe in words, from the run's own config.json and metrics (so it cannot go stale)."""
+    c, images = train.get("config", {}), train.get("images", {})
+
+    def count(key: str) -> str:
+        return f"{images[key]:,}".replace(",", " ") if images.get(key) else "?"
+
+    schedule = (f"ReduceLROnPlateau ({c.get('reduce_lr_monitor', '').replace('_', ' ')}, patience "
+                f"{c.get('reduce_lr_patience')}, factor {c.get('reduce_lr_factor')})"
+                if c.get("lr_schedule", "plateau") == "plateau" else
+                f"a {c.get('lr_schedule')} learning-rate schedule down to {c.get('min_learning_rate')}")
+    blocks = "-".join(str(f) for f in c.get("filters", []))
+    return (f"`python -m train` with no options: {count('train')} training / {count('validation')} validation images "
+            f"(a seeded split of the official training set), {count('test')} official test images; conv blocks "
+            f"{blocks} ({c.get('convs_per_block')} convolutions each) with batch norm, ReLU, max-pool and dropout "
+            f"{c.get('conv_dropout')}, dense {c.get('dense_units')} with dropout {c.get('dense_dropout')}"
+            f"{', flip + shift augmentation' if c.get('augment') else ''}, {c.get('optimizer', '').capitalize()} "
+            f"{c.get('learning_rate')}, batch {c.get('batch_size')}, {schedule}, at most {c.get('epochs')} epochs "
+            f"(early stopping after {c.get('early_stopping_patience')}); precision `{c.get('precision')}` "
+            f"({train.get('compute_precision', 'float32')} here), saved and exported as a float32 model.")
+
+
+def wrap(text: str, width: int = 110) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -146,13 +177,7 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "",
         "## Training: the default recipe on the full Fashion-MNIST",
         "",
-        "`python -m train` with no options: 54 000 training / 6 000 validation images (seeded split of the official",
-        "60 000), the official 10 000 test images; conv blocks 32-64-128 with batch norm, ReLU, max-pool and",
-        "dropout, dense 256, flip + shift augmentation, Adam 2e-3, batch 128, ReduceLROnPlateau (validation",
-        "accuracy, patience 2, factor 0.5), 18 epochs; bfloat16 compute with float32 weights (`--precision auto`: this",
-        "CPU has AVX512-BF16), saved and exported as a float32 model. Epoch times on this virtual machine swing",
-        "between about 40 s and 90 s with nothing else running (a fixed CPU loop runs up to 1.8× slower at times:",
-        "other tenants of the host), so the same recipe takes 13 to 22 minutes; see every recorded run below.",
+        *wrap(recipe_text(train)),
         "",
         "| figure | measured | target | |",
         "| --- | --- | --- | --- |",

@@ -16,9 +16,7 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from contract.formats import FORMATS
+from serve.settings import DEFAULT_FORMAT
+from serve.testing import GunicornServer, http_get
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "wrk_multipart.lua"
-GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 
 
 def make_images(folder: Path, fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist") -> dict[str, Path]:
@@ -53,74 +54,31 @@ def make_images(folder: Path, fashion_mnist_dir: str = "/usr/share/datasets/fash
     return {"png_28x28": png, "jpeg_640x480": jpeg}
 
 
-def free_port() -> int:
-    import socket
+class Server(GunicornServer):
+    """An app under pocketcnn's gunicorn settings, started only once every worker takes connections and
+    20 fresh connections in a row found it ready (else the first worker would get every connection)."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
     def __init__(self, app: str, env: dict, workers: int, threads: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, POCKETCNN_BIND=f"127.0.0.1:{self.port}", POCKETCNN_WORKERS=str(workers),
-                        POCKETCNN_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="2", **env)
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.app = app
-        self.workers = workers
-        self.process = None
-        self.ready_seconds = None
+        super().__init__(env=env, workers=workers, threads=threads, app=app,
+                         log_path=Path(f"/tmp/pocketcnn-bench-{app.split(':')[0]}-{os.getpid()}-{id(self)}.log"))
 
-    def __enter__(self):
+    def start(self, wait: str = "/readyz", timeout: float = 300.0) -> "Server":
         started = time.monotonic()
-        self.log = open(f"/tmp/pocketcnn-bench-{self.port}.log", "w")
-        self.process = subprocess.Popen([GUNICORN, "-c", "python:serve.gunicorn_conf", self.app], cwd=ROOT,
-                                        env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        while not self.every_worker_taking_connections():  # else the first worker would get every connection
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.app} exited: see {self.log.name}")
-            if time.monotonic() - started > 300:
-                raise TimeoutError(f"{self.app}: not every worker started within 300 s")
-            time.sleep(0.02)
-        in_a_row = 0  # every worker must be ready: ask until 20 fresh connections in a row get 200
+        super().start(wait=None)
+        self.wait_every_worker("taking connections", timeout)  # serve.gunicorn_worker logs it once loaded
+        in_a_row = 0
         while in_a_row < 20:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.app} exited: see {self.log.name}")
+            self.check_running()
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                    in_a_row = in_a_row + 1 if response.status == 200 else 0
-                    continue
+                in_a_row = in_a_row + 1 if http_get(self.url + wait, timeout=2)[0] == 200 else 0
+                continue
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 in_a_row = 0
-            if time.monotonic() - started > 300:
-                raise TimeoutError(f"{self.app} not ready after 300 s")
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{self.app} not ready after {timeout} s")
             time.sleep(0.02)
         self.ready_seconds = time.monotonic() - started
         return self
-
-    def worker_pids(self) -> list[str]:
-        return subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
-
-    def every_worker_taking_connections(self) -> bool:
-        """Each worker logs "taking connections" (serve.gunicorn_worker) once its application is loaded."""
-        pids = self.worker_pids()
-        text = Path(self.log.name).read_text(errors="replace")
-        return len(pids) == self.workers and all(f"[{pid}] [INFO] taking connections" in text for pid in pids)
-
-    def __exit__(self, *exc):
-        self.process.terminate()
-        self.process.wait(30)
-        self.log.close()
-
-    def worker_rss_mb(self) -> list[float]:
-        children = self.worker_pids()
-        sizes = []
-        for pid in children:
-            status = Path(f"/proc/{pid}/status").read_text()
-            sizes.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024)
-        return sizes
 
 
 def warm_up(url: str, image: Path, count: int = 20) -> None:
@@ -210,7 +168,7 @@ def summarize(runs: list[dict]) -> dict:
 
 def median_ratio(ours: dict, theirs: dict) -> float:
     """Median over rounds of ours / theirs, each ratio taken within one round."""
-    ratios = sorted(a / b for a, b in zip(ours["slices_requests_per_second"], theirs["slices_requests_per_second"]))
+    ratios = sorted(a / b for a, b in zip(ours["slices_requests_per_second"], theirs["slices_requests_per_second"], strict=True))
     middle = len(ratios) // 2
     return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
@@ -231,7 +189,8 @@ def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[flo
     return times
 
 
-FORMATS_COMPARED = ("tflite_float32", "tflite_dynamic", "tflite_int8", "onnx")
+# Which format to serve by default: every one the serving install can run, of the trained model itself.
+FORMATS_COMPARED = tuple(k for k, f in FORMATS.items() if not f.needs_tensorflow and f.source == "keras")
 
 
 def main(argv=None) -> dict:
@@ -255,9 +214,7 @@ def main(argv=None) -> dict:
         "floor_model": ("bench.apps.floor:app", {}),  # both floors get POCKETCNN_FLOOR_MODEL (pocketcnn's file) below
         "tutorial": ("bench.apps.tutorial:app", {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())}),
     }
-    from serve.app import DEFAULTS
-
-    report = {"served_format": DEFAULTS["MODEL_FORMAT"], "settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
+    report = {"served_format": DEFAULT_FORMAT, "settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
                            "wrk": f"wrk -t1 -c{{1,8,32}} -d{args.seconds:g}s", "rounds": args.rounds,
                            "cores": os.cpu_count()},
               "runs": [], "ratios": []}

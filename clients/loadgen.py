@@ -27,11 +27,13 @@ from clients.predict import PREDICT_PATH, encode_multipart, positive_int, read_i
 
 
 def run_load(url: str, body: bytes, content_type: str, requests: int, concurrency: int,
-             timeout: float = 30.0) -> dict:
+             timeout: float = 30.0, on_answer=None) -> dict:
     """POST `body` `requests` times with `concurrency` keep-alive connections; return the report.
 
     `url` is the service's base URL (the body goes to /predict) or a full URL with a path, which is
     used as given (e.g. http://host:8000/v1/models/fashion_mnist:predict with a JSON body).
+    `on_answer(outcome)`, if given, is called after every request with its HTTP status or exception name
+    (from the client threads): a caller can follow the load while it runs.
     """
     if requests < 1 or concurrency < 1:
         raise ValueError(f"requests and concurrency must be at least 1 (got {requests} and {concurrency})")
@@ -78,6 +80,8 @@ def run_load(url: str, body: bytes, content_type: str, requests: int, concurrenc
                     failures[f"HTTP {outcome}"] += 1
                 else:
                     failures[outcome] += 1
+            if on_answer is not None:
+                on_answer(outcome)
         if connection is not None:
             connection.close()
 

@@ -185,7 +185,7 @@ def decode_photo(source: str | Path | bytes, height: int, width: int, mode: str)
         raise PhotoError(f"not a photo this client can read ({err})") from None
     try:
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make a good picture unusable
+    except Exception:  # noqa: BLE001, S110 - malformed EXIF must not make a good picture unusable: keep it as stored
         pass
     image = _to_mode(image, mode)
     image = _crop_and_resize(image, height, width)

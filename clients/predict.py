@@ -156,7 +156,8 @@ def post_predict(url: str, body: bytes, content_type: str, top_k: int | None = N
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a whole number of at least 1, not {top_k!r}")
         target += "?" + urllib.parse.urlencode({"top_k": top_k})
-    request = urllib.request.Request(target, data=body, method="POST",
+    # http(s) only: normalize_base_url refused every other scheme
+    request = urllib.request.Request(target, data=body, method="POST",  # noqa: S310
                                      headers={"Content-Type": content_type, "Accept": "application/json"})
     return _send(request, base, timeout)
 

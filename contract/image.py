@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
@@ -39,17 +39,6 @@ SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 # 64 megapixels: above every common phone camera (50 MP), far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-_EXIF_ORIENTATION_TAG = 0x0112
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_WHITE = {"L": 255, "RGB": (255, 255, 255)}
 
 
 class ImageError(ValueError):
@@ -148,11 +137,10 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make a good picture unusable
-        return image
-    method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-    return image.transpose(method) if method is not None else image
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright photo
+    except Exception:  # noqa: BLE001, S110 - malformed EXIF must not make a good picture unusable: keep it as stored
+        pass
+    return image
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from export.formats import FORMATS
+from contract.formats import FORMATS, Format
 
 log = logging.getLogger("export")
 
@@ -32,7 +31,6 @@ class ExportContext:
     calibration: np.ndarray       # uint8 training images for int8 calibration
     opset: int = ONNX_OPSET
     work_dir: Path | None = None  # scratch space (a SavedModel for the TFLite converter, if not exported)
-    extras: dict = field(default_factory=dict)
 
     def path(self, key: str) -> Path:
         return self.out_dir / FORMATS[key].file
@@ -180,18 +178,10 @@ def export_tflite_int8(ctx: ExportContext) -> Path:
     return write_tflite(ctx.path("tflite_int8"), converter.convert(), ctx.labels)
 
 
-@timed("TFLite QAT int8")
-def export_tflite_qat_int8(ctx: ExportContext) -> Path:
-    from export.tfmot_process import run_tfmot
-
-    return run_tfmot("qat", ctx, ctx.path("tflite_qat_int8"))
-
-
-@timed("TFLite pruned int8")
-def export_tflite_pruned_int8(ctx: ExportContext) -> Path:
-    from export.tfmot_process import run_tfmot
-
-    return run_tfmot("prune", ctx, ctx.path("tflite_pruned_int8"))
+@timed("TFLite from a fine-tuned model")
+def export_fine_tuned(ctx: ExportContext, fmt: Format, flatbuffer: bytes) -> Path:
+    """A .tflite the tfmot worker converted from its fine-tuned model (QAT, pruning), with labels embedded."""
+    return write_tflite(ctx.path(fmt.key), flatbuffer, ctx.labels)
 
 
 @timed("ONNX")
@@ -256,21 +246,14 @@ def canonicalize_onnx(proto) -> None:
     graph.doc_string = ""
 
 
+# One exporter per format converted from best.keras; formats of fine-tuned models go through export_fine_tuned.
 EXPORTERS = {
     "savedmodel": export_savedmodel,
     "tflite_float32": export_tflite_float32,
     "tflite_float16": export_tflite_float16,
     "tflite_dynamic": export_tflite_dynamic,
     "tflite_int8": export_tflite_int8,
-    "tflite_qat_int8": export_tflite_qat_int8,
-    "tflite_pruned_int8": export_tflite_pruned_int8,
     "onnx": export_onnx,
 }
-assert set(EXPORTERS) == set(FORMATS), "every format in the table has an exporter"
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+if set(EXPORTERS) != {k for k, f in FORMATS.items() if f.source == "keras"}:
+    raise RuntimeError("every format of best.keras in contract/formats.py needs an exporter here")

@@ -8,7 +8,7 @@ import platform
 import shutil
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,11 @@ from PIL import Image
 
 from contract import run_folder as rf
 from contract.files import atomic_write_json, sha256_file, storage_error, tree_sha256, tree_size
+from contract.formats import FORMATS, Format, reference_key
 from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
 from export import convert, publish, verify
-from export.formats import FORMATS, Format, Gates
+from export.options import ExportOptions
+from export.tfmot_process import FineTuned, FineTuneInputs, fine_tune
 
 log = logging.getLogger("export")
 
@@ -34,24 +36,15 @@ class ExportInputError(ValueError):
     """The run, the model or the arguments cannot be exported (exit code 2)."""
 
 
-@dataclass
-class ExportOptions:
-    run: Path
-    models_dir: Path = Path("models")
-    name: str = ""
-    formats: list[Format] = field(default_factory=lambda: [FORMATS[k] for k in FORMATS if not FORMATS[k].opt_in])
-    gates: Gates = field(default_factory=Gates)
-    calibration_images: int = 300
-    opset: int = convert.ONNX_OPSET
-    test_limit: int = 0
-    # Fine-tunes on the run's training sample (10 000 images by default). A small learning rate keeps
-    # the model close to the trained one: measured on the benchmark model, QAT at 2e-5 for 3 epochs beats
-    # post-training int8, and pruning at 5e-5 for 4 epochs loses 0.4 points (at 5e-4, 1.3). See BENCHMARKS.md.
-    qat_epochs: int = 3
-    qat_learning_rate: float = 2e-5
-    prune_epochs: int = 4
-    prune_learning_rate: float = 5e-5
-    prune_sparsity: float = 0.5
+@dataclass(frozen=True)
+class ComparedModel:
+    """A model exported files are compared with: best.keras, or a fine-tuned copy of it (QAT, pruning)."""
+
+    source: str                  # the Format.source it stands for: keras | qat | prune
+    test_probs: np.ndarray       # its probabilities on the held-out test images
+    reference_probs: np.ndarray  # and on the reference images
+    fine_tune: dict | None = None  # the fine-tune's report
+    flatbuffer: bytes | None = None  # a fine-tuned model's .tflite, as the tfmot worker converted it
 
 
 @dataclass
@@ -119,6 +112,7 @@ def export_run(options: ExportOptions) -> ExportResult:
     name = options.name or str(config.get("dataset", "model"))
     if not is_valid_model_name(name):
         raise ExportInputError(f"'{name}' is not a valid model name (letters, digits, '_', '.', '-').")
+    formats = options.selected_formats()
     labels = rf.read_labels(run / rf.LABELS)
     test = np.load(run / rf.TEST_ARRAYS)
     sample = np.load(run / rf.TRAIN_SAMPLE_ARRAYS)
@@ -139,19 +133,19 @@ def export_run(options: ExportOptions) -> ExportResult:
         log.info("Source: %s, held-out accuracy %.2f %% on %d images", run / rf.BEST_MODEL,
                  source_accuracy * 100, len(test_x))
 
-        ctx = convert.ExportContext(model, staging, labels, input_shape,
-                                    calibration=sample["x"][:options.calibration_images], opset=options.opset,
-                                    work_dir=scratch)
-        ctx.extras.update(train_x=sample["x"], train_y=sample["y"], test_x=test_x, reference_x=reference_x,
-                          tfmot_options={"qat_epochs": options.qat_epochs, "qat_learning_rate": options.qat_learning_rate,
-                                         "prune_epochs": options.prune_epochs,
-                                         "prune_learning_rate": options.prune_learning_rate,
-                                         "prune_sparsity": options.prune_sparsity,
-                                         "seed": int(config.get("seed", 1337))})
+        calibration = sample["x"][:options.calibration_images]
+        ctx = convert.ExportContext(model, staging, labels, input_shape, calibration=calibration,
+                                    opset=options.opset, work_dir=scratch)
+        fine_tune_inputs = FineTuneInputs(
+            train_x=sample["x"], train_y=sample["y"], calibration=calibration, test_x=test_x, reference_x=reference_x,
+            epochs={"qat": options.qat_epochs, "prune": options.prune_epochs},
+            learning_rates={"qat": options.qat_learning_rate, "prune": options.prune_learning_rate},
+            sparsity=options.prune_sparsity, seed=int(config.get("seed", 1337)))
+        compared = {"keras": ComparedModel("keras", source_probs, source_probs[references])}
         verdicts = []
-        for step, fmt in enumerate(options.formats, start=1):
-            log.info("[%d/%d] %s", step, len(options.formats), fmt.key)
-            verdicts.append(convert_and_verify(fmt, ctx, options.gates, test_x, test_y, source_probs,
+        for step, fmt in enumerate(formats, start=1):
+            log.info("[%d/%d] %s", step, len(formats), fmt.key)
+            verdicts.append(convert_and_verify(fmt, ctx, options, compared, fine_tune_inputs, test_x, test_y,
                                                source_accuracy, reference_x))
         table = format_table(verdicts, staging, source_accuracy)
         passed = all(v.status == "passed" for v in verdicts)
@@ -159,10 +153,6 @@ def export_run(options: ExportOptions) -> ExportResult:
             publish.discard(staging)
             return ExportResult(None, verdicts, table, name, source_accuracy)
 
-        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        reference_doc = write_references(staging, reference_x, test_y[references], labels, source_probs[references],
-                                         verdicts, ctx, options.gates)
-        (staging / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
         source = {
             "run": run.name,
             "model_file": rf.BEST_MODEL,
@@ -171,20 +161,8 @@ def export_run(options: ExportOptions) -> ExportResult:
             "test_images": int(len(test_x)),
             "training": {k: config.get(k) for k in ("dataset", "epochs", "seed", "filters", "optimizer")},
         }
-
-        def write_manifest(version: int) -> None:
-            fine_tune = {mode: ctx.extras[f"source_{mode}"]["report"] for mode in ("qat", "prune")
-                         if f"source_{mode}" in ctx.extras}
-            manifest = build_manifest(name, version, labels, input_shape, source, verdicts, staging,
-                                      options.gates, reference_doc, fine_tune)
-            atomic_write_json(staging / "manifest.json", manifest)
-            bundle_members = {LABELS_FILE: staging / LABELS_FILE, "manifest.json": staging / "manifest.json"}
-            bundle_members.update({f"{REFERENCE_DIR}/{p.name}": p for p in (staging / REFERENCE_DIR).iterdir()})
-            bundle_members.update({FORMATS[v.key].file: staging / FORMATS[v.key].file
-                                   for v in verdicts if FORMATS[v.key].is_tflite})
-            publish.write_zip(staging / BUNDLE_FILE, bundle_members)
-
-        published = publish.publish(staging, repository, name, write_manifest)
+        published = publish_version(repository, name, staging, labels, input_shape, source, verdicts, compared,
+                                    options, reference_x, test_y[references], table)
         return ExportResult(published, verdicts, table, name, source_accuracy)
     except BaseException as err:
         publish.discard(staging)
@@ -198,10 +176,46 @@ def export_run(options: ExportOptions) -> ExportResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def convert_and_verify(fmt: Format, ctx, gates: Gates, test_x, test_y, source_probs, source_accuracy,
+def publish_version(repository: ModelRepository, name: str, staging: Path, labels: list[str], input_shape,
+                    source: dict, verdicts: list[verify.Verdict], compared: dict[str, ComparedModel],
+                    options: ExportOptions, reference_x: np.ndarray, reference_y: np.ndarray, table: str) -> Path:
+    """Complete the staged version whose files all passed (labels, reference samples, table, manifest, mobile
+    bundle) and rename it into place as the next version of `name`."""
+    (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    reference_doc = write_references(staging, reference_x, reference_y, labels, verdicts, compared, options)
+    (staging / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
+
+    def write_manifest(version: int) -> None:
+        manifest = build_manifest(name, version, labels, input_shape, source, verdicts, staging, options,
+                                  reference_doc, compared)
+        atomic_write_json(staging / "manifest.json", manifest)
+        bundle_members = {LABELS_FILE: staging / LABELS_FILE, "manifest.json": staging / "manifest.json"}
+        bundle_members.update({f"{REFERENCE_DIR}/{p.name}": p for p in (staging / REFERENCE_DIR).iterdir()})
+        bundle_members.update({FORMATS[v.key].file: staging / FORMATS[v.key].file
+                               for v in verdicts if FORMATS[v.key].is_tflite})
+        publish.write_zip(staging / BUNDLE_FILE, bundle_members)
+
+    return publish.publish(staging, repository, name, write_manifest)
+
+
+def convert_file(fmt: Format, ctx: convert.ExportContext, compared: dict[str, ComparedModel],
+                 inputs: FineTuneInputs) -> Path:
+    """Write the file of `fmt`. A format of a fine-tuned model fine-tunes it first (once per kind), and the
+    fine-tuned model joins `compared`: its files are measured against it."""
+    if fmt.source == "keras":
+        return convert.EXPORTERS[fmt.key](ctx)
+    if fmt.source not in compared:
+        tuned: FineTuned = fine_tune(fmt.source, ctx.model, ctx.input_shape, inputs, ctx.work_dir / f"tfmot_{fmt.source}")
+        compared[fmt.source] = ComparedModel(fmt.source, tuned.test_probs, tuned.reference_probs, tuned.report,
+                                             tuned.flatbuffer)
+    return convert.export_fine_tuned(ctx, fmt, compared[fmt.source].flatbuffer)
+
+
+def convert_and_verify(fmt: Format, ctx: convert.ExportContext, options: ExportOptions,
+                       compared: dict[str, ComparedModel], inputs: FineTuneInputs, test_x, test_y, source_accuracy,
                        reference_x) -> verify.Verdict:
     try:
-        path = convert.EXPORTERS[fmt.key](ctx)
+        path = convert_file(fmt, ctx, compared, inputs)
     except Exception as err:  # noqa: BLE001 - a converter crash is a failed gate, reported with the rest
         if storage_error(err):
             raise  # not the model's fault: a full or read-only disk is reported as such by export_run
@@ -209,15 +223,11 @@ def convert_and_verify(fmt: Format, ctx, gates: Gates, test_x, test_y, source_pr
         verdict = verify.Verdict(fmt.key, status="error")
         verdict.failures.append(f"conversion failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
         return verdict
-    compared_probs, compared_name = source_probs, "keras"
-    mode = {"tflite_qat_int8": "qat", "tflite_pruned_int8": "prune"}.get(fmt.key)
-    if mode:
-        # These files come from a fine-tuned model: agreement is measured against that model, while the
-        # accuracy gate still compares with the original best.keras.
-        compared_probs, compared_name = ctx.extras[f"source_{mode}"]["test_probs"], f"{mode} fine-tuned model"
+    # A file from a fine-tuned model is measured against that model, while the accuracy gate still compares
+    # with the original best.keras.
     try:
-        return verify.verify(fmt, path, gates.for_family(fmt.family), test_x, test_y, compared_probs,
-                             source_accuracy, reference_x, source=compared_name)
+        return verify.verify(fmt, path, options.gates_for(fmt.family), test_x, test_y,
+                             compared[fmt.source].test_probs, source_accuracy, reference_x, source=fmt.compared_with)
     except Exception as err:  # noqa: BLE001 - a file its runtime cannot run fails its gate
         log.error("%s: verification failed: %s", fmt.key, err)
         verdict = verify.Verdict(fmt.key, status="error")
@@ -225,30 +235,27 @@ def convert_and_verify(fmt: Format, ctx, gates: Gates, test_x, test_y, source_pr
         return verdict
 
 
-def reference_tolerance(verdict: verify.Verdict, fmt: Format, gates: Gates) -> float:
+def reference_tolerance(verdict: verify.Verdict, fmt: Format, options: ExportOptions) -> float:
     """How far the service may find this file's outputs from the recorded ones on the reference images.
     Float formats: their gate. Int8: the largest difference export measured on the whole test set."""
-    limit = gates.for_family(fmt.family).get("max_abs_diff")
+    limit = options.gates_for(fmt.family).get("max_abs_diff")
     if limit is not None:
         return float(limit)
     return float(max(verdict.max_abs_diff or 0.0, 1 / 255) + 1e-6)
 
 
-def write_references(staging: Path, reference_x, reference_y, labels, keras_outputs, verdicts, ctx,
-                     gates: Gates) -> dict:
+def write_references(staging: Path, reference_x, reference_y, labels, verdicts, compared: dict[str, ComparedModel],
+                     options: ExportOptions) -> dict:
     """Reference images as PNG plus their expected outputs, for the service's start-up check and for
     on-device checks. PNG is lossless, so decode_image gives back exactly these pixels."""
     folder = staging / REFERENCE_DIR
     folder.mkdir()
     samples = []
-    for index, (image, label) in enumerate(zip(reference_x, reference_y)):
+    for index, (image, label) in enumerate(zip(reference_x, reference_y, strict=True)):
         file = f"sample_{index:02d}.png"
         Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(folder / file, format="PNG")
         samples.append({"file": file, "label": labels[int(label)], "label_index": int(label)})
-    expected = {"keras": keras_outputs}
-    for mode in ("qat", "prune"):
-        if f"source_{mode}" in ctx.extras:
-            expected[f"{mode}_fine_tuned"] = ctx.extras[f"source_{mode}"]["reference_probs"]
+    expected = {reference_key(source): model.reference_probs for source, model in compared.items()}
     observed = {v.key: v.reference_outputs for v in verdicts if v.reference_outputs is not None}
     for position, sample in enumerate(samples):
         sample["expected"] = {k: [round(float(p), 7) for p in v[position]] for k, v in expected.items()}
@@ -258,25 +265,22 @@ def write_references(staging: Path, reference_x, reference_y, labels, keras_outp
                  "models for QAT/pruned files). A runtime must reproduce them within the artifact's tolerance "
                  "and give the same top class, identically on every run.",
         "samples": samples,
-        "compare_with": {v.key: _expected_key(v.key) for v in verdicts},
-        "tolerance": {v.key: reference_tolerance(v, FORMATS[v.key], gates) for v in verdicts},
+        "compare_with": {v.key: FORMATS[v.key].reference_key for v in verdicts},
+        "tolerance": {v.key: reference_tolerance(v, FORMATS[v.key], options) for v in verdicts},
     }
     atomic_write_json(staging / REFERENCE_FILE, document)
     return document
 
 
-def _expected_key(key: str) -> str:
-    return {"tflite_qat_int8": "qat_fine_tuned", "tflite_pruned_int8": "prune_fine_tuned"}.get(key, "keras")
-
-
-def build_manifest(name, version, labels, input_shape, source, verdicts, staging, gates, reference_doc, fine_tune):
+def build_manifest(name: str, version: int, labels: list[str], input_shape, source: dict, verdicts: list[verify.Verdict],
+                   staging: Path, options: ExportOptions, reference_doc: dict, compared: dict[str, ComparedModel]) -> dict:
     artifacts = {}
     for verdict in verdicts:
         fmt = FORMATS[verdict.key]
         path = staging / fmt.file
         entry = {
             "file": fmt.file,
-            "format": {"litert": "tflite", "onnxruntime": "onnx", "tensorflow": "savedmodel"}[fmt.runtime],
+            "format": fmt.container,
             "runtime": fmt.runtime,
             "precision": fmt.precision,
             "description": fmt.description,
@@ -291,7 +295,7 @@ def build_manifest(name, version, labels, input_shape, source, verdicts, staging
             "max_abs_diff": verdict.max_abs_diff,
             "latency_ms": verdict.latency_ms,
             "compared_with": verdict.source,
-            "gates": gates.for_family(fmt.family),
+            "gates": options.gates_for(fmt.family),
             "status": verdict.status,
             "checks": {
                 "ops": verdict.ops,
@@ -306,9 +310,8 @@ def build_manifest(name, version, labels, input_shape, source, verdicts, staging
             entry["gzip_bytes"] = len(zlib.compress(path.read_bytes(), 9))  # pruning pays off here
         if fmt.is_tflite:
             entry["labels_embedded"] = convert.LABELS_METADATA
-        mode = {"tflite_qat_int8": "qat", "tflite_pruned_int8": "prune"}.get(verdict.key)
-        if mode:
-            entry["fine_tune"] = fine_tune.get(mode, {})
+        if fmt.source != "keras":
+            entry["fine_tune"] = compared[fmt.source].fine_tune or {}
         artifacts[verdict.key] = entry
     height, width, channels = input_shape
     return {

@@ -12,17 +12,42 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from export.convert import ExportContext, write_tflite
 
 AUGMENTATION_PREFIX = "Random"  # Keras preprocessing layers that only act in training
 
 
 class TfmotError(RuntimeError):
     """The model cannot go through tfmot, or the worker failed."""
+
+
+@dataclass(frozen=True)
+class FineTuneInputs:
+    """What a fine-tune needs besides the model: the data and the settings (see ExportOptions)."""
+
+    train_x: np.ndarray        # the run's training sample (uint8 NHWC) and its labels
+    train_y: np.ndarray
+    calibration: np.ndarray    # int8 calibration images
+    test_x: np.ndarray         # the held-out images the result is checked on
+    reference_x: np.ndarray    # the reference images recorded for the service's self-check
+    epochs: dict               # mode -> epochs
+    learning_rates: dict       # mode -> learning rate
+    sparsity: float            # pruning target
+    seed: int
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """A fine-tuned model's full-integer .tflite and its own outputs, which the .tflite is compared with."""
+
+    mode: str                  # qat | prune
+    flatbuffer: bytes
+    test_probs: np.ndarray
+    reference_probs: np.ndarray
+    report: dict               # mode, images, epochs, learning rate (and the sparsity reached)
 
 
 def describe_layers(model) -> tuple[list[dict], list[np.ndarray]]:
@@ -58,39 +83,32 @@ def _plain(value):
     return value
 
 
-def run_tfmot(mode: str, ctx: ExportContext, out_path: Path) -> Path:
-    """Run the worker for `mode` ('qat' or 'prune'); write the .tflite (labels embedded) to out_path.
-
-    The fine-tuned model's own outputs on the test and reference images are stored in ctx.extras,
-    so the .tflite is compared with the model it really came from."""
-    work = (ctx.work_dir or ctx.out_dir) / f"tfmot_{mode}"
+def fine_tune(mode: str, model, input_shape: tuple[int, int, int], inputs: FineTuneInputs, work: Path) -> FineTuned:
+    """Run the worker for `mode` ('qat' or 'prune') on `model` in `work` (a scratch folder)."""
     work.mkdir(parents=True, exist_ok=True)
-    layers, weights = describe_layers(ctx.model)
-    options = ctx.extras["tfmot_options"]  # epochs, learning rates, sparsity, seed: see ExportOptions
+    layers, weights = describe_layers(model)
     spec = {
         "mode": mode,
-        "input_shape": list(ctx.input_shape),
+        "input_shape": list(input_shape),
         "layers": layers,
-        "epochs": options[f"{mode}_epochs"],
-        "learning_rate": options[f"{mode}_learning_rate"],
-        "sparsity": options["prune_sparsity"],
+        "epochs": inputs.epochs[mode],
+        "learning_rate": inputs.learning_rates[mode],
+        "sparsity": inputs.sparsity,
         "batch_size": 128,
-        "seed": options["seed"],
-        "calibration_images": len(ctx.calibration),
+        "seed": inputs.seed,
+        "calibration_images": len(inputs.calibration),
     }
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     np.savez(work / "weights.npz", *weights)
-    np.savez(work / "data.npz", train_x=ctx.extras["train_x"], train_y=ctx.extras["train_y"],
-             calibration=ctx.calibration, test_x=ctx.extras["test_x"], reference_x=ctx.extras["reference_x"])
+    np.savez(work / "data.npz", train_x=inputs.train_x, train_y=inputs.train_y, calibration=inputs.calibration,
+             test_x=inputs.test_x, reference_x=inputs.reference_x)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-m", "export.tfmot_worker", str(work)], env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
         raise TfmotError(f"the tfmot {mode} worker failed (exit {result.returncode}):\n{tail}")
-    outputs = np.load(work / "outputs.npz")
-    report = json.loads((work / "report.json").read_text())
-    ctx.extras[f"source_{mode}"] = {
-        "test_probs": outputs["test_probs"], "reference_probs": outputs["reference_probs"], "report": report,
-    }
-    return write_tflite(out_path, (work / "model.tflite").read_bytes(), ctx.labels)
+    with np.load(work / "outputs.npz") as outputs:
+        test_probs, reference_probs = outputs["test_probs"], outputs["reference_probs"]
+    return FineTuned(mode, (work / "model.tflite").read_bytes(), test_probs, reference_probs,
+                     json.loads((work / "report.json").read_text()))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.formats import Format
 from contract.runtime import open_runner
-from export.formats import Format
 
 # Op names that mean randomness (dropout, augmentation) is still in the graph.
 RANDOM_OP = re.compile(r"random|rng|multinomial|truncatednormal|dropout|bernoulli", re.IGNORECASE)

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Debian packages pocketcnn needs: the real Fashion-MNIST data, Chromium + ChromeDriver for the
-# browser test of the web page, wrk for the serving benchmark, curl for the README examples and
-# python3-venv (Debian's own Python, like the container's) for the serving-install test. Installs only what is missing.
+# Debian packages pocketcnn needs, by what needs them; installs only what is missing.
+#   scripts/install-system-packages.sh data      the real Fashion-MNIST files (make train, make run)
+#   scripts/install-system-packages.sh browser   Chromium + ChromeDriver (the web page's tests, the README screenshot)
+#   scripts/install-system-packages.sh test      curl (the README's examples), python3-venv (the serving-install test)
+#   scripts/install-system-packages.sh bench     wrk (the serving benchmark)
+# Several groups may be given at once. `make serve` needs none of them.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium chromium-driver wrk curl python3-venv)
+declare -A group=(
+  [data]="dataset-fashion-mnist"
+  [browser]="chromium chromium-driver"
+  [test]="curl python3-venv"
+  [bench]="wrk"
+)
+packages=()
+for name in "$@"; do
+  [ -n "${group[$name]:-}" ] || { echo "unknown package group '$name' (data, browser, test, bench)" >&2; exit 2; }
+  read -r -a members <<< "${group[$name]}"
+  packages+=("${members[@]}")
+done
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

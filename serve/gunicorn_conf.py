@@ -1,9 +1,7 @@
 """gunicorn settings for pocketcnn:  gunicorn -c python:serve.gunicorn_conf 'serve:create_app()'
 
-Environment: POCKETCNN_BIND (default 127.0.0.1:8000; the container uses 0.0.0.0:8000),
-POCKETCNN_WORKERS (default: one per CPU core), POCKETCNN_THREADS (default 4 per worker),
-POCKETCNN_REQUEST_TIMEOUT (seconds, default 30), POCKETCNN_READ_TIMEOUT (seconds without a byte from
-a client before its connection is closed, default 10). Model settings: see serve/app.py DEFAULTS.
+Every value comes from serve/settings.py (environment variables POCKETCNN_*): the bind address, workers,
+threads, timeouts and logging here; the model settings in the workers' create_app().
 """
 
 import os
@@ -12,23 +10,25 @@ import tempfile
 from multiprocessing.sharedctypes import RawArray
 
 from serve.gunicorn_worker import NOT_RUNNING
+from serve.settings import Settings
 
-bind = os.environ.get("POCKETCNN_BIND", "127.0.0.1:8000")
+settings = Settings.from_env()  # a bad value stops gunicorn here, with the variable's name in the message
+bind = settings.bind
 # One worker per core, each inference single-threaded (POCKETCNN_INFERENCE_THREADS=1): workers x
 # intra-op threads = cores, so requests never fight over CPUs. Threads overlap network I/O.
-workers = int(os.environ.get("POCKETCNN_WORKERS", os.cpu_count() or 1))
-threads = int(os.environ.get("POCKETCNN_THREADS", 4))
+workers = settings.worker_count
+threads = settings.threads
 worker_class = "serve.gunicorn_worker.ThreadWorker"  # gthread + a read timeout (POCKETCNN_READ_TIMEOUT)
 preload_app = False  # each worker imports and loads the model after the fork: runtimes are not fork-safe
-timeout = int(os.environ.get("POCKETCNN_REQUEST_TIMEOUT", 30))  # a stuck worker is killed and replaced
+timeout = settings.request_timeout  # a stuck worker is killed and replaced
 graceful_timeout = 10
 keepalive = 5
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 errorlog = "-"
-loglevel = os.environ.get("POCKETCNN_LOG_LEVEL", "info")
-accesslog = os.environ.get("POCKETCNN_ACCESS_LOG") or None  # off by default: it costs throughput
+loglevel = settings.log_level
+accesslog = settings.access_log or None  # off by default: it costs throughput
 proc_name = "pocketcnn"
 control_socket_disable = True  # gunicorn 27's shared ~/.gunicorn socket: unused, and absent for a home-less user
 

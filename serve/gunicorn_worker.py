@@ -5,7 +5,7 @@ gunicorn 27's gthread worker waits (in its poller) for a new connection's first 
 request has started it reads the rest with a blocking socket and no timeout: a client that sends half
 its headers and stops holds a worker thread forever. Here every client socket gives up when no byte
 arrives for POCKETCNN_READ_TIMEOUT seconds (default 10): a stalled upload releases its thread and its
-connection is closed. A flood of more slow clients than workers x threads still needs a buffering
+connection is closed (the timeout is read from serve/settings.py when the worker starts). A flood of more slow clients than workers x threads still needs a buffering
 proxy in front (nginx, a cloud load balancer), as for any thread-per-connection server.
 
 Every worker listens on the one shared socket, and whichever wakes first takes a new connection. Clients
@@ -20,12 +20,12 @@ a connection never waits for more than a poll interval (POLL_WHILE_DEFERRING).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 
 from gunicorn.workers import gthread
 
-READ_TIMEOUT = float(os.environ.get("POCKETCNN_READ_TIMEOUT", "10"))
+from serve.settings import Settings
+
 POLL_WHILE_DEFERRING = 0.02  # seconds: how soon a worker that left new connections to others looks again
 NOT_RUNNING = -1  # a slot's value while its worker is not (yet, or any more) taking connections
 
@@ -33,11 +33,13 @@ NOT_RUNNING = -1  # a slot's value while its worker is not (yet, or any more) ta
 class ClientSocket(socket.socket):
     """A client connection whose blocking reads time out."""
 
+    read_timeout = 10.0  # seconds; set from the settings by ThreadWorker.init_process
+
     def setblocking(self, flag: bool) -> None:
         # gthread switches sockets to blocking mode before reading a request: make that "blocking,
         # but for at most READ_TIMEOUT seconds without data".
         if flag:
-            self.settimeout(READ_TIMEOUT)
+            self.settimeout(self.read_timeout)
         else:
             super().setblocking(False)
 
@@ -46,7 +48,7 @@ class ClientSocket(socket.socket):
             return super().recv(size, flags)
         except TimeoutError:
             # Reported like a reset so gunicorn closes the connection quietly instead of logging a traceback.
-            raise ConnectionResetError(errno.ECONNRESET, f"no data from the client for {READ_TIMEOUT:g} s") from None
+            raise ConnectionResetError(errno.ECONNRESET, f"no data from the client for {self.read_timeout:g} s") from None
 
 
 class ThreadWorker(gthread.ThreadWorker):
@@ -54,6 +56,10 @@ class ThreadWorker(gthread.ThreadWorker):
     # slot in it (both, or neither: a worker without a slot accepts like plain gthread).
     connection_counts = None
     slot: int | None = None
+
+    def init_process(self):
+        ClientSocket.read_timeout = Settings.from_env().read_timeout
+        super().init_process()
 
     def publish(self, count: int) -> None:
         if self.connection_counts is not None:

@@ -5,9 +5,18 @@ it (Flask's test client, a single process) the app's own registry is reported.""
 from __future__ import annotations
 
 import os
+import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the app
+from flask import Flask, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401 - re-exported for the app
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"))
 # Milliseconds: decode of a thumbnail is ~0.1 ms, a 12 MP photo ~100 ms.
@@ -54,6 +63,23 @@ class Metrics:
         if child is None:
             child = self._duration_children[endpoint] = self.request_ms.labels(endpoint)
         child.observe(milliseconds)
+
+    def install(self, app: Flask) -> None:
+        """Count every request by endpoint, method and status, and time it (from before any other hook)."""
+
+        @app.before_request
+        def start_timer():
+            request.environ["pocketcnn.started"] = time.perf_counter()
+
+        @app.after_request
+        def record(response):
+            rule = request.url_rule
+            endpoint = rule.rule if rule is not None else "unmatched"
+            self.count_request(endpoint, request.method, response.status_code)
+            started = request.environ.get("pocketcnn.started")
+            if started is not None:
+                self.observe_request_ms(endpoint, (time.perf_counter() - started) * 1000)
+            return response
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -33,6 +33,10 @@ class ModelLoadError(RuntimeError):
     """A version cannot be served; the message says why."""
 
 
+class NotReady(RuntimeError):
+    """No model is served yet (HTTP 503); the message says why."""
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -263,6 +267,13 @@ class ModelManager:
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def served(self) -> ServedModel:
+        """The model to answer a request with (one reference for the whole request), or NotReady."""
+        model = self.current
+        if model is None:
+            raise NotReady(self.reason)
+        return model
 
 
 def _folder_stamp(path: Path) -> tuple:

@@ -50,9 +50,10 @@ def boundary_of(content_type_header: str) -> bytes:
     """The boundary parameter of a multipart Content-Type header."""
     _, options = parse_options_header(content_type_header)
     boundary = options.get("boundary", "")
-    # RFC 2046: 1 to 70 characters; anything longer is not a real client.
+    # RFC 2046 allows 1 to 70 characters; some clients send longer ones, and Werkzeug accepts them too, so up
+    # to 200 are read (a bound on the work per search, not a check of the RFC).
     if not 1 <= len(boundary) <= 200:
-        raise MultipartError("the Content-Type has no boundary parameter")
+        raise MultipartError("the Content-Type has no usable boundary parameter (1 to 200 characters)")
     try:
         return boundary.encode("ascii")
     except UnicodeEncodeError:

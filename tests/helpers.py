@@ -13,11 +13,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from contract.formats import FORMATS
+from serve.settings import DEFAULT_FORMAT
+
+ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST_DIR = Path(os.environ.get("POCKETCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 # What the service serves unless told otherwise, and the file that holds it in a version folder.
-SERVED_FORMAT = "tflite_dynamic"
-SERVED_FILE = "model_dynamic_range.tflite"
+SERVED_FORMAT = DEFAULT_FORMAT
+SERVED_FILE = FORMATS[DEFAULT_FORMAT].file
+
+
+def served_artifact(version: Path) -> tuple[str, str]:
+    """(format, file) the service serves from a version folder: the default format if the version has it, else
+    its only artifact (the tiny model has only ONNX)."""
+    from contract import read_manifest
+
+    artifacts = read_manifest(version)["artifacts"]
+    key = SERVED_FORMAT if SERVED_FORMAT in artifacts else next(iter(artifacts))
+    return key, artifacts[key]["file"]
 
 
 def copy_version(source: Path, repository: Path, version: int, accuracy: float | None = None,
@@ -26,18 +40,38 @@ def copy_version(source: Path, repository: Path, version: int, accuracy: float |
     `accuracy` rewrites the served artifact's accuracy in the manifest; `model_bytes` replaces the served file."""
     from contract import read_manifest
 
+    key, file = served_artifact(source)
     staging = repository / "fashion_mnist" / f".staging-copy-{version}"
     shutil.copytree(source, staging)
     if model_bytes is not None:
-        (staging / SERVED_FILE).write_bytes(model_bytes)
+        (staging / file).write_bytes(model_bytes)
     if accuracy is not None:
         manifest = read_manifest(staging)
         manifest["version"] = version
-        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = accuracy
+        manifest["artifacts"][key]["accuracy"] = accuracy
         (staging / "manifest.json").write_text(json.dumps(manifest))
     target = repository / "fashion_mnist" / str(version)
     os.rename(staging, target)
     return target
+
+
+def doctor_weights(path: Path) -> None:
+    """Change a model file's biggest weights so that it still loads but computes something else (re-sign the
+    manifest afterwards and only the self-check can notice). ONNX is rewritten through its protobuf; in a
+    .tflite, bytes in the middle (the dense layer's weights) are flipped."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(path))
+        biggest = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+        biggest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(biggest), biggest.name))
+        path.write_bytes(model.SerializeToString())
+        return
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 20000] = bytes(b ^ 0x5A for b in data[middle:middle + 20000])
+    path.write_bytes(bytes(data))
 
 
 def to_picture(image: np.ndarray) -> Image.Image:
@@ -75,3 +109,50 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     ], axis=-1)
     base[height // 3: 2 * height // 3, width // 3: 2 * width // 3] = (240, 30, 30)
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+
+
+def open_sockets(pid: int) -> int:
+    """Sockets the process holds open; descriptors closed while we look are not counted."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += "socket" in os.readlink(fd)
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def server_side_connections(port: int) -> int:
+    """Connections that a process serving this loopback port still holds open (from /proc/net/tcp: not
+    listening, and with an inode: TIME_WAIT and other orphans have none)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        count += int(local.rsplit(":", 1)[1], 16) == port and state != "0A" and inode != "0"
+    return count
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition", interval: float = 0.01) -> float:
+    """Poll `condition()` until it is true; return the seconds it took, or fail the test after `timeout`."""
+    import time
+
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout} s"
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+class AnswerCounter:
+    """Counts a load generator's answers as they come (clients.loadgen.run_load's on_answer)."""
+
+    def __init__(self):
+        import threading
+
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, outcome) -> None:
+        with self._lock:
+            self.count += 1

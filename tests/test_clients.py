@@ -1,6 +1,6 @@
 """The HTTP clients: clients.predict (library and CLI), clients.loadgen and the curl examples of
-the README's curl examples, against the real service (`live_server`: gunicorn on the session's model) and, for the
-answers a healthy service cannot be made to give (503, a proxy's HTML page), against tiny local fakes."""
+the README's curl examples, against the real service (gunicorn serving the tiny model, tests/tiny_model.py) and,
+for the answers a healthy service cannot be made to give (503, a proxy's HTML page), against small local fakes."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_bytes
 
 from clients import loadgen
-from clients.predict import (ServiceError, ServiceUnavailable, encode_multipart, main, predict, predict_many,
-                             read_image_part)
+from clients.predict import (
+    ServiceError,
+    ServiceUnavailable,
+    encode_multipart,
+    main,
+    predict,
+    predict_many,
+    read_image_part,
+)
 from contract import decode_image, read_manifest
 from contract.runtime import open_runner
-from helpers import png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -64,12 +71,17 @@ def text_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_model(live_server, published_version, photos):
+def live_server(tiny_server) -> str:
+    return tiny_server.url
+
+
+@pytest.fixture(scope="module")
+def served_model(live_server, tiny_version, photos):
     """The runner of the artifact the service reports it uses, to check its answers independently."""
     answer = predict(photos[0], url=live_server)
-    manifest = read_manifest(published_version)
+    manifest = read_manifest(tiny_version)
     artifact = manifest["artifacts"][answer["model"]["format"]]
-    return manifest, open_runner(published_version / artifact["file"], artifact["runtime"])
+    return manifest, open_runner(tiny_version / artifact["file"], artifact["runtime"])
 
 
 def expected_probabilities(runner, photo: Path) -> np.ndarray:
@@ -79,7 +91,6 @@ def expected_probabilities(runner, photo: Path) -> np.ndarray:
 # --- library: answers --------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_predict_returns_every_class_most_likely_first(live_server, photos, served_model):
     manifest, runner = served_model
     for photo in photos:
@@ -96,7 +107,6 @@ def test_predict_returns_every_class_most_likely_first(live_server, photos, serv
         assert predictions[0]["percent"] == pytest.approx(100 * probabilities.max(), abs=0.011)
 
 
-@pytest.mark.slow
 def test_predict_takes_bytes_and_top_k(live_server, photos):
     full = predict(photos[1], url=live_server)["predictions"]
     top = predict(photos[1].read_bytes(), url=live_server + "/", top_k=3)["predictions"]
@@ -104,12 +114,11 @@ def test_predict_takes_bytes_and_top_k(live_server, photos):
     assert [p["percent"] for p in top] == [p["percent"] for p in full[:3]]
 
 
-@pytest.mark.slow
 def test_predict_many_answers_each_photo_in_order(live_server, photos):
     sources = [photos[2], photos[0], photos[3].read_bytes(), photos[1]]
     results = predict_many(sources, url=live_server)
     assert len(results) == 4
-    for source, result in zip(sources, results):
+    for source, result in zip(sources, results, strict=True):
         alone = predict(source, url=live_server)["predictions"]
         assert [p["label"] for p in result["predictions"]] == [p["label"] for p in alone]
         if isinstance(source, Path):
@@ -121,7 +130,6 @@ def test_predict_many_answers_each_photo_in_order(live_server, photos):
 # --- library: errors ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_refused_photo_raises_service_error_with_the_services_message(live_server, text_file):
     with pytest.raises(ServiceError) as caught:
         predict(text_file, url=live_server)
@@ -137,7 +145,6 @@ def test_a_refused_photo_raises_service_error_with_the_services_message(live_ser
     assert (caught.value.status, caught.value.code) == (400, error.code)
 
 
-@pytest.mark.slow
 def test_top_k_out_of_range(live_server, photos):
     with pytest.raises(ServiceError) as caught:
         predict(photos[0], url=live_server, top_k=99)
@@ -238,12 +245,11 @@ def parse_table(text: str) -> tuple[str, list[dict]]:
     return lines[0], rows
 
 
-@pytest.mark.slow
 def test_cli_prints_a_table_per_photo(live_server, photos, capsys):
     assert main([str(photos[0]), str(photos[3]), "--url", live_server]) == 0
     tables = capsys.readouterr().out.split("\n\n")
     assert len(tables) == 2
-    for photo, table in zip((photos[0], photos[3]), tables):
+    for photo, table in zip((photos[0], photos[3]), tables, strict=True):
         answer = predict(photo, url=live_server)
         title, rows = parse_table(table)
         model = answer["model"]
@@ -255,12 +261,11 @@ def test_cli_prints_a_table_per_photo(live_server, photos, capsys):
         assert rows[0]["bar_eighths"] > 0
 
 
-@pytest.mark.slow
 def test_cli_json_and_top_k(live_server, photos, capsys):
     assert main([str(photos[2]), str(photos[1]), "--url", live_server, "--json", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    for photo, line in zip((photos[2], photos[1]), lines):
+    for photo, line in zip((photos[2], photos[1]), lines, strict=True):
         answer = json.loads(line)
         assert len(answer["predictions"]) == 2
         assert answer["predictions"] == predict(photo, url=live_server, top_k=2)["predictions"]
@@ -269,7 +274,6 @@ def test_cli_json_and_top_k(live_server, photos, capsys):
     assert len(rows) == 3
 
 
-@pytest.mark.slow
 def test_cli_exit_1_with_the_services_message_for_a_file_that_is_not_a_photo(live_server, photos, text_file,
                                                                               capsys):
     with pytest.raises(ServiceError) as caught:
@@ -310,7 +314,6 @@ def test_cli_help_explains_itself(capsys):
         assert words in text
 
 
-@pytest.mark.slow
 def test_cli_runs_as_a_module_without_site_packages(live_server, photos):
     done = subprocess.run([sys.executable, "-S", "-m", "clients.predict", str(photos[0]), "--url", live_server,
                            "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -322,7 +325,6 @@ def test_cli_runs_as_a_module_without_site_packages(live_server, photos):
 # --- load generator ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_loadgen_counts_every_request_under_concurrency(live_server, photos):
     body, content_type = encode_multipart([read_image_part(photos[0])])
     report = loadgen.run_load(live_server, body, content_type, requests=60, concurrency=4)
@@ -333,7 +335,6 @@ def test_loadgen_counts_every_request_under_concurrency(live_server, photos):
     assert report["requests_per_second"] > 0
 
 
-@pytest.mark.slow
 def test_loadgen_cli_counts_refusals_by_status(live_server, text_file, capsys):
     assert loadgen.main([live_server, "--file", str(text_file), "--requests", "12", "--concurrency", "3",
                          "--json"]) == 1
@@ -411,7 +412,6 @@ def curl_folder(tmp_path_factory, photos) -> Path:
     return folder
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("block", CURL_BLOCKS, ids=[f"example{i + 1}" for i in range(len(CURL_BLOCKS))])
 def test_curl_examples_work(block, live_server, curl_folder, photos):
     assert DOCUMENTED_URL in block, "every example must name the documented URL"

@@ -18,8 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-from conftest import ROOT, free_port
+from serve.testing import free_port
 
 pytestmark = pytest.mark.slow
 NOBODY = 65534

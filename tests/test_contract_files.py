@@ -53,12 +53,3 @@ def test_tree_hash_depends_on_names_and_contents(tmp_path):
     assert tree_sha256(tmp_path / "a") == first
     (tmp_path / "a" / "x.bin").rename(tmp_path / "a" / "y.bin")
     assert tree_sha256(tmp_path / "a") != first
-
-
-def test_the_tests_know_what_the_service_serves_by_default():
-    """tests/helpers.py names the default served format and its file for the tests that doctor it."""
-    from export.formats import FORMATS
-    from helpers import SERVED_FILE, SERVED_FORMAT
-    from serve.app import DEFAULTS
-
-    assert DEFAULTS["MODEL_FORMAT"] == SERVED_FORMAT and FORMATS[SERVED_FORMAT].file == SERVED_FILE

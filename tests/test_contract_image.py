@@ -6,12 +6,12 @@ import io
 
 import numpy as np
 import pytest
+from helpers import encode, photo_like, png_bytes, png_claiming_size
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from contract import ImageError, ImageTooLarge, decode_image
-from helpers import encode, photo_like, png_bytes, png_claiming_size
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from contract.runtime import open_runner
 
 keras = pytest.importorskip("keras")
 
+from contract.formats import FORMATS, parse_formats  # noqa: E402
 from export.cli import main as export_main  # noqa: E402
-from export.formats import FORMATS, parse_formats  # noqa: E402
 from export.published import find_published  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -226,7 +226,7 @@ def test_a_failed_gate_publishes_nothing_and_says_why(trained_run, tmp_path, cap
     report = tmp_path / "report.json"
     code = export_main([str(trained_run), "--models-dir", str(tmp_path / "models"), "--formats",
                         "tflite_float32,onnx", "--float32-max-diff", "0", "--report", str(report)])
-    assert code == 1
+    assert code == 3, "a failed gate has its own exit code"
     err = capsys.readouterr().err
     assert "EXPORT FAILED" in err and "nothing was published" in err
     assert "tflite_float32: max |probability difference|" in err and "> 0" in err
@@ -257,6 +257,20 @@ def test_a_killed_export_leaves_no_visible_version(trained_run, tmp_path, python
     assert export_main([str(trained_run), "--models-dir", str(models), "--formats", "tflite_float32", "--quiet"]) == 0
     assert [v.version for v in repository.versions("fashion_mnist")] == [1]
     assert not staging.exists()
+
+
+def test_a_crash_is_exit_1_not_a_failed_gate(trained_run, tmp_path, python):
+    """An unexpected error (here: the source model's inference raising) is Python's exit 1 with its traceback,
+    never the gate code 3 a release pipeline would read as "the model is not good enough"."""
+    crash = ("import sys, export.pipeline as p\n"
+             "def boom(*a, **k): raise RuntimeError('simulated bug')\n"
+             "p.keras_probabilities = boom\n"
+             "from export.cli import main\n"
+             f"sys.exit(main([{str(trained_run)!r}, '--models-dir', {str(tmp_path)!r}, '--formats', 'onnx']))\n")
+    result = subprocess.run([python, "-c", crash], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "RuntimeError: simulated bug" in result.stderr
+    assert ModelRepository(tmp_path).versions("fashion_mnist") == []
+    assert [p.name for p in (tmp_path / "fashion_mnist").iterdir()] == [], "no staging folder left behind"
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import encode, png_bytes, to_picture
 from PIL import Image
 
 from clients import ondevice
 from contract import decode_image
 from contract.runtime import open_runner
-from helpers import encode, png_bytes, to_picture
 
 # Tests that need the session's exported model (trained and exported once per session) are marked slow;
 # the decoding tests need only real images.
@@ -116,11 +116,21 @@ def test_photos_decode_to_the_same_pixels_as_the_contract(fashion_mnist_test, va
 
 
 def test_exif_rotation_is_applied_not_ignored(fashion_mnist_test):
-    photo = _exif_rotated_jpeg(fashion_mnist_test[0][3])
-    upright = np.asarray(Image.open(io.BytesIO(photo)).convert("L").resize((28, 28)))
-    decoded = ondevice.decode_photo(photo, 28, 28, "L").squeeze(-1)
-    # The stored pixels are landscape (120x80); after rotation the centre crop is of a portrait picture.
-    assert not np.array_equal(decoded, upright)
+    """The JPEG stores the picture turned a quarter (120x80) with EXIF orientation 6: decoded, it must be the
+    picture the right way up, as if it had been stored upright, and not the stored pixels."""
+    image = fashion_mnist_test[0][3]
+    photo = _exif_rotated_jpeg(image)
+    stored = Image.open(io.BytesIO(photo)).convert("L")
+    upright = encode(stored.transpose(Image.Transpose.ROTATE_270), "PNG")  # orientation 6, applied by hand
+    turned_wrong_way = encode(stored.transpose(Image.Transpose.ROTATE_90), "PNG")
+    decoded = ondevice.decode_photo(photo, 28, 28, "L").astype(int)
+
+    def distance(png: bytes) -> float:
+        return float(np.abs(decoded - decode_image(png, 28, 28, 1).astype(int)).mean())
+
+    assert distance(upright) < 1.0, "the same pixels as the picture stored upright (JPEG draft aside)"
+    assert distance(turned_wrong_way) > 10 * max(distance(upright), 0.5)
+    assert distance(encode(stored, "PNG")) > 10 * max(distance(upright), 0.5), "not the stored pixels"
 
 
 # --- inference -----------------------------------------------------------------------------------
@@ -138,7 +148,7 @@ def test_on_device_results_equal_the_runtime_on_the_contract_tensor(bundle_zip, 
     classifier = ondevice.Classifier(bundle, model_file)
     pngs = [png_bytes(image) for image in images]
     served = runner.predict(np.stack([decode_image(png, 28, 28, 1) for png in pngs]))
-    for png, expected in zip(pngs, served):
+    for png, expected in zip(pngs, served, strict=True):
         on_device = classifier.probabilities(classifier.decode(png))
         np.testing.assert_allclose(on_device, expected, rtol=0, atol=1e-6)
         assert classifier.classify(png)[0]["index"] == int(np.argmax(expected))

@@ -28,13 +28,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import AnswerCounter, copy_version, doctor_weights, open_sockets, png_bytes, served_artifact, wait_until
+from tiny_model import TINY_FORMAT
 
 from clients.loadgen import format_report, run_load
 from clients.predict import encode_multipart, read_image_part
-from conftest import GunicornServer, http_get, open_sockets
 from contract import read_manifest
 from contract.files import sha256_file
-from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, png_bytes
+from serve.testing import GunicornServer, http_get
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,9 @@ def photo_body(fashion_mnist_test):
 
 
 def start_server(repository: Path, tmp_path: Path, **env) -> GunicornServer:
-    settings = {"POCKETCNN_TEST_LOG": str(tmp_path / "gunicorn.log"), **{k: str(v) for k, v in env.items()}}
+    """gunicorn serving the tiny model (the service's robustness does not depend on what the model computes)."""
+    settings = {"POCKETCNN_TEST_LOG": str(tmp_path / "gunicorn.log"), "POCKETCNN_MODEL_FORMAT": TINY_FORMAT,
+                **{k: str(v) for k, v in env.items()}}
     return GunicornServer(repository, env=settings)
 
 
@@ -112,10 +115,10 @@ class MemorySampler:
         self._thread.join()
 
 
-def test_ten_thousand_requests_at_concurrency_64_none_fails_and_memory_stays_flat(model_repository, photo_body,
+def test_ten_thousand_requests_at_concurrency_64_none_fails_and_memory_stays_flat(tiny_repository, photo_body,
                                                                                  tmp_path):
     body, content_type = photo_body
-    server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
+    server = start_server(tiny_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
         workers = server.wait_every_worker_serving()
         batches, per_batch, concurrency = 10, 1000, 64
@@ -169,27 +172,40 @@ def fresh_connection_hammer(url: str, png: bytes, stop: threading.Event, outcome
             outcomes[outcome] += 1
 
 
-def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(model_repository, photo_body,
+def served_by(server: GunicornServer, pid: int) -> int:
+    """Requests one worker has answered so far: the samples its own Prometheus file holds."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    total = 0
+    for path in Path(server.metrics_dir).glob(f"counter_{pid}.db"):
+        values = MmapedDict.read_all_values_from_file(str(path))
+        total += sum(value for key, value, *_ in values if '"pocketcnn_images_total"' in key)
+    return int(total)
+
+
+def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(tiny_repository, photo_body,
                                                                                      fashion_mnist_test, tmp_path):
     body, content_type = photo_body
     png = png_bytes(fashion_mnist_test[0][0])
     stop = threading.Event()
-    server = start_server(model_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
+    server = start_server(tiny_repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start()
     try:
         before = server.wait_every_worker_serving()
         victim = before[0]
         concurrency, fresh_threads = 32, 8
         listener = open_sockets(victim)
         report: dict = {}
+        answers = AnswerCounter()
         load = threading.Thread(target=lambda: report.update(run_load(server.url, body, content_type, 8000,
-                                                                      concurrency, timeout=30)), daemon=True)
+                                                                      concurrency, timeout=30, on_answer=answers)),
+                                daemon=True)
         lock, fresh = threading.Lock(), Counter()
         hammers = [threading.Thread(target=fresh_connection_hammer, args=(server.url, png, stop, fresh, lock),
                                     daemon=True) for _ in range(fresh_threads)]
         load.start()
         for hammer in hammers:
             hammer.start()
-        time.sleep(1.5)  # well under way
+        wait_until(lambda: answers.count >= 500 and sum(fresh.values()) >= 50, what="the load under way")
         held = open_sockets(victim) - listener
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
@@ -204,7 +220,10 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
             time.sleep(0.01)
         status, answer = http_get(server.url + "/readyz")
         ready = time.monotonic() - killed_at
-        time.sleep(2.0)  # keep the fresh connections coming while the replacement takes its share
+        # Keep the fresh connections coming until the replacement has answered a share of them.
+        replacement = next(pid for pid in server.worker_pids() if pid not in before)
+        served_before = served_by(server, replacement)
+        wait_until(lambda: served_by(server, replacement) >= served_before + 20, what="the replacement answering")
         stop.set()
         for hammer in hammers:
             hammer.join()
@@ -239,19 +258,17 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
 # --- (c) start-up with a damaged model file ----------------------------------------------------------------------
 
 def damage(version: Path, how: str) -> None:
-    model_file = version / SERVED_FILE
+    key, file = served_artifact(version)
+    model_file = version / file
     if how == "missing":
         model_file.unlink()
     elif how == "truncated":
         model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
     elif how == "doctored":
-        # Flip bytes in the weights and re-sign the manifest: only the self-check can tell.
-        data = bytearray(model_file.read_bytes())
-        middle = len(data) // 2
-        data[middle:middle + 20000] = bytes(b ^ 0x5A for b in data[middle:middle + 20000])
-        model_file.write_bytes(bytes(data))
+        # Change the weights and re-sign the manifest: only the self-check can tell.
+        doctor_weights(model_file)
         manifest = read_manifest(version)
-        manifest["artifacts"][SERVED_FORMAT]["sha256"] = sha256_file(model_file)
+        manifest["artifacts"][key]["sha256"] = sha256_file(model_file)
         (version / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -260,12 +277,12 @@ def damage(version: Path, how: str) -> None:
     ("truncated", "does not match its manifest"),
     ("doctored", "self-check failed"),
 ])
-def test_start_up_with_a_damaged_model_file_is_never_ready(published_version, fashion_mnist_test, tmp_path, how,
+def test_start_up_with_a_damaged_model_file_is_never_ready(tiny_version, fashion_mnist_test, tmp_path, how,
                                                            reason):
     repository = tmp_path / "models"
-    version = copy_version(published_version, repository, 1)
+    version = copy_version(tiny_version, repository, 1)
     damage(version, how)
-    server = start_server(repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start(wait_ready=False)
+    server = start_server(repository, tmp_path, POCKETCNN_POLL_SECONDS=0).start(wait="/healthz")
     try:
         deadline = time.monotonic() + 20
         while len([line for line in server.output().splitlines() if "not serving fashion_mnist/1" in line]) < 2:
@@ -291,23 +308,25 @@ def test_start_up_with_a_damaged_model_file_is_never_ready(published_version, fa
 # --- (d) a broken new version appearing while serving under load -----------------------------------------------
 
 def test_a_broken_new_version_appearing_under_load_is_refused_and_the_working_one_keeps_serving(
-        published_version, photo_body, tmp_path):
+        tiny_version, photo_body, tmp_path):
     body, content_type = photo_body
     repository = tmp_path / "models"
-    copy_version(published_version, repository, 1, accuracy=0.80)
+    copy_version(tiny_version, repository, 1, accuracy=0.80)
     server = start_server(repository, tmp_path, POCKETCNN_POLL_SECONDS=0.3).start()
     try:
         report: dict = {}
+        answers = AnswerCounter()
         load = threading.Thread(target=lambda: report.update(run_load(server.url, body, content_type, 4000, 16,
-                                                                      timeout=30)), daemon=True)
+                                                                      timeout=30, on_answer=answers)), daemon=True)
         load.start()
-        time.sleep(0.5)
+        wait_until(lambda: answers.count >= 200, what="the load under way")
         staging = repository / "fashion_mnist" / ".staging-broken"
-        shutil.copytree(published_version, staging)
-        (staging / SERVED_FILE).write_bytes(b"\x00" * 4096)  # garbage where the model should be
+        shutil.copytree(tiny_version, staging)
+        key, file = served_artifact(staging)
+        (staging / file).write_bytes(b"\x00" * 4096)  # garbage where the model should be
         manifest = read_manifest(staging)
         manifest["version"] = 2
-        manifest["artifacts"][SERVED_FORMAT]["accuracy"] = 0.99  # better on paper: it would be preferred
+        manifest["artifacts"][key]["accuracy"] = 0.99  # better on paper: it would be preferred
         (staging / "manifest.json").write_text(json.dumps(manifest))
         os.rename(staging, repository / "fashion_mnist" / "2")
         appeared = time.monotonic()
@@ -327,7 +346,8 @@ def test_a_broken_new_version_appearing_under_load_is_refused_and_the_working_on
         assert "fashion_mnist/2" in model["refused_versions"] and model["served"]["version"] == 1
         assert log_lines and "does not match its manifest" in log_lines[0]
         assert metric(server.url, "pocketcnn_model_swaps_total") == 0
-        # Unchanged since, the broken version is not retried on every poll (the log says it once per worker).
+        # Unchanged since, the broken version is not retried on every poll (the log says it once per worker):
+        # watch three more polls (every 0.3 s).
         time.sleep(1.0)
         assert len([line for line in server.output().splitlines() if "not serving fashion_mnist/2" in line]) == 2
         assert_clean_log(server)

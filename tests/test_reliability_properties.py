@@ -20,16 +20,17 @@ import base64
 import json
 import struct
 import zlib
+from itertools import pairwise
 from urllib.parse import quote
 
 import numpy as np
 import pytest
+from helpers import encode, png_bytes
 from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from contract import ImageError, ImageTooLarge, decode_image
-from helpers import encode, png_bytes
 
 # Pillow warns (and decode_image then refuses with ImageTooLarge) for headers above its own bomb threshold.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -287,7 +288,7 @@ def test_base64_parser_gives_bytes_or_a_400(value):
 def test_percentages_are_ranked_two_decimal_shares_that_sum_to_exactly_100(values, data):
     """What /predict answers from any output vector: every class once, most likely first, each share
     within a rounding step of the truth, two decimals, and a sum of exactly 100.00."""
-    from serve.app import rank
+    from serve.predict import rank
 
     probabilities = np.asarray(values, dtype=np.float32)
     top_k = data.draw(st.one_of(st.none(), st.integers(1, len(values))), label="top_k")
@@ -298,12 +299,12 @@ def test_percentages_are_ranked_two_decimal_shares_that_sum_to_exactly_100(value
     assert sorted(p["index"] for p in full) == list(range(len(values)))
     assert all(p["label"] == labels[p["index"]] for p in full)
     hundredths = [round(p["percent"] * 100) for p in full]
-    assert all(abs(p["percent"] * 100 - h) < 1e-6 for p, h in zip(full, hundredths)), "two decimals"
+    assert all(abs(p["percent"] * 100 - h) < 1e-6 for p, h in zip(full, hundredths, strict=True)), "two decimals"
     assert sum(hundredths) == 10000
     total = float(probabilities.astype(np.float64).sum())
     truth = probabilities.astype(np.float64) / total * 100 if total > 0 else np.full(len(values), 100 / len(values))
     assert all(abs(p["percent"] - truth[p["index"]]) <= 0.01 + 1e-9 for p in full)
-    assert all(truth[a["index"]] >= truth[b["index"]] for a, b in zip(full, full[1:])), "most likely first"
+    assert all(truth[a["index"]] >= truth[b["index"]] for a, b in pairwise(full)), "most likely first"
 
 
 # --- the service on generated requests -------------------------------------------------------------------
@@ -366,7 +367,6 @@ def _check_response(response, method: str, path: str) -> None:
         assert body["error"]["message"] and "Traceback" not in body["error"]["message"], where
 
 
-@pytest.mark.slow
 @FEW
 @given(data=st.data(), method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
        route=st.sampled_from(ROUTES), content_type=st.sampled_from(CONTENT_TYPES),
@@ -379,7 +379,6 @@ def test_generated_requests_never_get_a_5xx_and_errors_are_json(app, real_png, d
     _check_response(response, method, path)
 
 
-@pytest.mark.slow
 @FEW
 @given(name=st.text(min_size=1, max_size=80), version=st.none() | st.integers(-5, 10**20) | st.text(max_size=10),
        method=st.sampled_from(["POST", "GET"]), suffix=st.sampled_from([":predict", "", "/metadata"]))

@@ -60,8 +60,8 @@ def run_schemathesis(base_url: str, folder: Path, max_examples: int = MAX_EXAMPL
     return result.returncode, json.loads(report.read_text()), result.stdout + result.stderr
 
 
-def test_every_operation_keeps_to_the_openapi_document(live_server, tmp_path):
-    code, report, output = run_schemathesis(live_server, tmp_path)
+def test_every_operation_keeps_to_the_openapi_document(tiny_server, tmp_path):
+    code, report, output = run_schemathesis(tiny_server.url, tmp_path)
     cases = report["test_cases"]
     print(f"\nschemathesis {report['schemathesis_version']}: {cases['generated']} generated requests over "
           f"{report['operations']['tested']} operations (phases: "

@@ -1,5 +1,8 @@
 """The service through Flask's test client: every input form, batches, every error status, the TF
-Serving routes, readiness, the self-check, version policy, hot pick-up, metrics and OpenAPI."""
+Serving routes, readiness, the self-check, version policy, hot pick-up, metrics and OpenAPI.
+
+On the tiny model (tests/tiny_model.py: a linear classifier as ONNX, built in a second), so the HTTP
+contract is checked without training anything; the real model's accuracy and parity are tested elsewhere."""
 
 from __future__ import annotations
 
@@ -12,15 +15,20 @@ import time
 
 import numpy as np
 import pytest
+from helpers import copy_version, doctor_weights, encode, png_bytes, png_claiming_size, served_artifact
 from PIL import Image
+from tiny_model import TINY_FORMAT
 
 from contract import decode_image, read_manifest
 from contract.files import sha256_file
 from contract.runtime import open_runner
-from helpers import SERVED_FILE, SERVED_FORMAT, copy_version, encode, png_bytes, png_claiming_size
 from serve import create_app
 
-pytestmark = pytest.mark.slow
+
+def make_app(repository, **settings):
+    """The service on a repository of tiny-model versions, loaded before the first request."""
+    return create_app({"MODEL_REPOSITORY": str(repository), "MODEL_FORMAT": TINY_FORMAT, "LOAD_IN_BACKGROUND": False,
+                       "POLL_SECONDS": 0, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +38,9 @@ def images(fashion_mnist_test):
 
 
 @pytest.fixture(scope="module")
-def expected(published_version, images):
+def expected(tiny_version, images):
     """What the served file gives for each image, computed without the service."""
-    runner = open_runner(published_version / SERVED_FILE, "litert")
+    runner = open_runner(tiny_version / served_artifact(tiny_version)[1], "onnxruntime")
     pngs, _, _ = images
     return runner.predict(np.stack([decode_image(p, 28, 28, 1) for p in pngs]))
 
@@ -52,7 +60,7 @@ def test_multipart_upload(client, images, expected, app):
     response = client.post("/predict", data={"image": (io.BytesIO(pngs[0]), "boot.png")})
     assert response.status_code == 200
     body = response.get_json()
-    assert body["model"] == {"name": "fashion_mnist", "version": 1, "format": SERVED_FORMAT}
+    assert body["model"] == {"name": "fashion_mnist", "version": 1, "format": TINY_FORMAT}
     labels = app.extensions["pocketcnn"].current.labels
     assert len(body["predictions"]) == 10
     check_answer(body["predictions"], expected[0], labels)
@@ -65,7 +73,7 @@ def test_several_files_answer_in_order(client, images, expected, app):
     body = client.post("/predict", data={"image": files}).get_json()
     labels = app.extensions["pocketcnn"].current.labels
     assert [r["filename"] for r in body["results"]] == [f"{i}.png" for i in range(len(pngs))]
-    for result, probabilities in zip(body["results"], expected):
+    for result, probabilities in zip(body["results"], expected, strict=True):
         check_answer(result["predictions"], probabilities, labels)
 
 
@@ -156,9 +164,8 @@ def test_bad_requests_get_the_documented_status(client, request_kwargs, status, 
     assert _error(client.post("/predict", **request_kwargs)) == (status, code)
 
 
-def test_limits_on_bytes_and_images(model_repository, images):
-    app = create_app({"MODEL_REPOSITORY": str(model_repository), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
-                      "MAX_CONTENT_LENGTH": 50_000, "MAX_IMAGES": 3})
+def test_limits_on_bytes_and_images(tiny_repository, images):
+    app = make_app(tiny_repository, MAX_CONTENT_LENGTH=50_000, MAX_IMAGES=3)
     client = app.test_client()
     noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     big = encode(Image.fromarray(noise), "PNG")  # noise does not compress
@@ -241,48 +248,40 @@ def test_health_and_model_endpoints(client):
     assert info["manifest"]["labels"][0] == "T-shirt/top"
 
 
-def test_not_ready_until_a_model_arrives(tmp_path, published_version, images):
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+def test_not_ready_until_a_model_arrives(tmp_path, tiny_version, images):
+    app = make_app(tmp_path)
     client = app.test_client()
     response = client.get("/readyz")
     assert response.status_code == 503 and "no model in" in response.get_json()["error"]["message"]
     assert _error(client.post("/predict", data=images[0][0], content_type="image/png")) == (503, "not_ready")
     assert client.get("/healthz").status_code == 200  # alive, just not ready
-    copy_version(published_version, tmp_path, 1)
+    copy_version(tiny_version, tmp_path, 1)
     app.extensions["pocketcnn"].refresh()
     assert client.get("/readyz").status_code == 200
     assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
 
 
-def test_a_version_seen_half_copied_loads_once_the_copy_completes(tmp_path, published_version, images):
+def test_a_version_seen_half_copied_loads_once_the_copy_completes(tmp_path, tiny_version, images):
     """`cp -r` by hand: the poller can see the manifest before the model file is fully written.
     The failure must not stick to the version once its files are complete (CI saw a worker stay
     unready for good this way)."""
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    app = make_app(tmp_path)
     manager, client = app.extensions["pocketcnn"], app.test_client()
     target = tmp_path / "fashion_mnist" / "1"
-    shutil.copytree(published_version, target)
-    whole = (target / SERVED_FILE).read_bytes()
-    (target / SERVED_FILE).write_bytes(whole[: len(whole) // 2])  # the copy is half-way through this file
+    shutil.copytree(tiny_version, target)
+    served_file = target / served_artifact(target)[1]
+    whole = served_file.read_bytes()
+    served_file.write_bytes(whole[: len(whole) // 2])  # the copy is half-way through this file
     manifest_stamp = (target / "manifest.json").stat().st_mtime_ns
     manager.refresh()
     assert "fashion_mnist/1" in manager.failures and client.get("/readyz").status_code == 503
     manager.refresh()
     assert client.get("/readyz").status_code == 503, "unchanged files are not loaded again"
-    (target / SERVED_FILE).write_bytes(whole)  # the copy finishes; the manifest is not touched
+    served_file.write_bytes(whole)  # the copy finishes; the manifest is not touched
     assert (target / "manifest.json").stat().st_mtime_ns == manifest_stamp
     manager.refresh()
     assert client.get("/readyz").status_code == 200 and "fashion_mnist/1" not in manager.failures
     assert client.post("/predict", data=images[0][0], content_type="image/png").status_code == 200
-
-
-def _doctor_weights(path):
-    """Flip bytes in the middle of the biggest weights, and re-sign the manifest so only the
-    self-check can notice."""
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 20000] = bytes(b ^ 0x5A for b in data[middle:middle + 20000])
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage,reason", [
@@ -291,13 +290,14 @@ def _doctor_weights(path):
     ("missing", "is missing"),
     ("no-reference", "reference samples unreadable"),
 ])
-def test_a_damaged_model_is_never_served(tmp_path, published_version, damage, reason):
-    version = copy_version(published_version, tmp_path, 1)
-    model_file = version / SERVED_FILE
+def test_a_damaged_model_is_never_served(tmp_path, tiny_version, damage, reason):
+    version = copy_version(tiny_version, tmp_path, 1)
+    key, file = served_artifact(version)
+    model_file = version / file
     if damage == "doctored":
-        _doctor_weights(model_file)
+        doctor_weights(model_file)
         manifest = read_manifest(version)
-        manifest["artifacts"][SERVED_FORMAT]["sha256"] = sha256_file(model_file)
+        manifest["artifacts"][key]["sha256"] = sha256_file(model_file)
         (version / "manifest.json").write_text(json.dumps(manifest))
     elif damage == "truncated":
         model_file.write_bytes(model_file.read_bytes()[:5000])
@@ -305,18 +305,18 @@ def test_a_damaged_model_is_never_served(tmp_path, published_version, damage, re
         model_file.unlink()
     else:
         shutil.rmtree(version / "reference")
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
+    app = make_app(tmp_path)
     ready = app.test_client().get("/readyz")
     assert ready.status_code == 503
     assert reason in ready.get_json()["error"]["message"]
     assert reason in app.test_client().get("/model").get_json()["refused_versions"]["fashion_mnist/1"]
 
 
-def test_self_check_catches_dropout_left_active(published_version):
+def test_self_check_catches_dropout_left_active(tiny_version):
     """A runner whose outputs vary from run to run (what dropout at inference looks like) fails."""
     from serve.model import ServedModel, self_check
 
-    runner = open_runner(published_version / "model_float32.tflite", "litert")
+    runner = open_runner(tiny_version / served_artifact(tiny_version)[1], "onnxruntime")
     rng = np.random.default_rng(0)
 
     class DropoutStillOn:
@@ -324,29 +324,27 @@ def test_self_check_catches_dropout_left_active(published_version):
             out = runner.predict(pixels) * (rng.random((len(pixels), 10)) > 0.5) * 2
             return out / out.sum(axis=1, keepdims=True)
 
-    manifest = read_manifest(published_version)
-    model = ServedModel("fashion_mnist", 1, published_version, "tflite_float32", manifest, DropoutStillOn(),
+    manifest = read_manifest(tiny_version)
+    model = ServedModel("fashion_mnist", 1, tiny_version, TINY_FORMAT, manifest, DropoutStillOn(),
                         manifest["labels"], 28, 28, 1)
-    result = self_check(model, manifest["artifacts"]["tflite_float32"], runs=5)
+    result = self_check(model, manifest["artifacts"][TINY_FORMAT], runs=5)
     assert not result["passed"] and "differ between 5 runs" in result["reason"]
     model.runner = runner
-    assert self_check(model, manifest["artifacts"]["tflite_float32"], runs=5)["passed"]
+    assert self_check(model, manifest["artifacts"][TINY_FORMAT], runs=5)["passed"]
 
 
 @pytest.mark.parametrize("policy,served", [("best", 2), ("latest", 3), (1, 1), ("3", 3)])
-def test_version_policy(tmp_path, published_version, policy, served):
-    copy_version(published_version, tmp_path, 1, accuracy=0.80)
-    copy_version(published_version, tmp_path, 2, accuracy=0.95)
-    copy_version(published_version, tmp_path, 3, accuracy=0.85)
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
-                      "MODEL_VERSION_POLICY": policy})
+def test_version_policy(tmp_path, tiny_version, policy, served):
+    copy_version(tiny_version, tmp_path, 1, accuracy=0.80)
+    copy_version(tiny_version, tmp_path, 2, accuracy=0.95)
+    copy_version(tiny_version, tmp_path, 3, accuracy=0.85)
+    app = make_app(tmp_path, MODEL_VERSION_POLICY=policy)
     assert app.test_client().get("/readyz").get_json()["model"]["version"] == served
 
 
-def test_a_pinned_version_that_does_not_exist_is_not_ready(tmp_path, published_version):
-    copy_version(published_version, tmp_path, 1)
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0,
-                      "MODEL_VERSION_POLICY": 5})
+def test_a_pinned_version_that_does_not_exist_is_not_ready(tmp_path, tiny_version):
+    copy_version(tiny_version, tmp_path, 1)
+    app = make_app(tmp_path, MODEL_VERSION_POLICY=5)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and "version 5 of 'fashion_mnist'" in response.get_json()["error"]["message"]
 
@@ -362,9 +360,9 @@ def test_bad_settings_refuse_to_start(tmp_path, settings, message):
         create_app({"MODEL_REPOSITORY": str(tmp_path), "LOAD_IN_BACKGROUND": False, **settings})
 
 
-def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_path, published_version, images):
-    copy_version(published_version, tmp_path, 1, accuracy=0.80)
-    app = create_app({"MODEL_REPOSITORY": str(tmp_path), "POLL_SECONDS": 0.2})
+def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_path, tiny_version, images):
+    copy_version(tiny_version, tmp_path, 1, accuracy=0.80)
+    app = make_app(tmp_path, POLL_SECONDS=0.2, LOAD_IN_BACKGROUND=True)
     manager = app.extensions["pocketcnn"]
     assert manager.wait_first_attempt(30) and manager.ready
     statuses, versions, stop = [], set(), threading.Event()
@@ -381,13 +379,13 @@ def test_hot_pick_up_without_failing_requests_and_never_a_broken_version(tmp_pat
         worker.start()
     try:
         time.sleep(0.5)
-        copy_version(published_version, tmp_path, 2, accuracy=0.95)  # a better version appears
+        copy_version(tiny_version, tmp_path, 2, accuracy=0.95)  # a better version appears
         deadline = time.monotonic() + 20
         while manager.current.version != 2:
             assert time.monotonic() < deadline, "version 2 was not picked up"
             time.sleep(0.05)
         time.sleep(0.5)
-        copy_version(published_version, tmp_path, 3, accuracy=0.99, model_bytes=b"garbage")  # better on paper
+        copy_version(tiny_version, tmp_path, 3, accuracy=0.99, model_bytes=b"garbage")  # better on paper
         deadline = time.monotonic() + 20
         while "fashion_mnist/3" not in manager.failures:
             assert time.monotonic() < deadline, "version 3 was never tried"
@@ -419,7 +417,7 @@ def test_metrics(client, images):
     assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="415"}' in text
     for histogram in ("pocketcnn_decode_duration_ms", "pocketcnn_inference_duration_ms", "pocketcnn_request_duration_ms"):
         assert f'{histogram}_bucket{{' in text and 'le="0.5"' in text and 'le="1000.0"' in text, histogram
-    assert f'pocketcnn_model_info{{format="{SERVED_FORMAT}",name="fashion_mnist",version="1"}} 1.0' in text
+    assert f'pocketcnn_model_info{{format="{TINY_FORMAT}",name="fashion_mnist",version="1"}} 1.0' in text
     assert "pocketcnn_ready 1.0" in text
 
 
@@ -440,3 +438,54 @@ def test_web_page_is_served(client):
     response = client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert b"<form" in response.data or b"<input" in response.data
+
+
+# --- settings ------------------------------------------------------------------------------------------
+
+def test_settings_come_from_the_environment_with_their_types():
+    from serve.settings import Settings
+
+    settings = Settings.from_env({"POCKETCNN_WORKERS": "3", "POCKETCNN_POLL_SECONDS": "0.5",
+                                  "POCKETCNN_LOAD_IN_BACKGROUND": "false", "POCKETCNN_MODEL_NAME": "shoes",
+                                  "UNRELATED": "x"}, overrides={"MAX_IMAGES": 4})
+    assert (settings.workers, settings.poll_seconds, settings.load_in_background) == (3, 0.5, False)
+    assert (settings.model_name, settings.max_images, settings.threads) == ("shoes", 4, 4)
+
+
+@pytest.mark.parametrize("environ,message", [
+    ({"POCKETCNN_WORKERS": "many"}, "POCKETCNN_WORKERS must be a whole number, not 'many'"),
+    ({"POCKETCNN_READ_TIMEOUT": "-1"}, "POCKETCNN_READ_TIMEOUT must not be negative"),
+    ({"POCKETCNN_LOAD_IN_BACKGROUND": "perhaps"}, "POCKETCNN_LOAD_IN_BACKGROUND must be true or false"),
+    ({"POCKETCNN_LOG_LEVEL": "loud"}, "POCKETCNN_LOG_LEVEL must be debug, info"),
+    ({"POCKETCNN_MODEL_FORMAT": "tflite_int9"}, "POCKETCNN_MODEL_FORMAT must be one of savedmodel"),
+])
+def test_a_bad_setting_names_its_variable(environ, message):
+    from serve.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ)
+
+
+def test_gunicorn_refuses_to_start_with_a_bad_setting(tmp_path):
+    """The settings are read in gunicorn's master too: a bad value stops it at once, with the message."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import ROOT
+
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    result = subprocess.run([str(gunicorn), "-c", "python:serve.gunicorn_conf", "serve:create_app()"], cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin", "POCKETCNN_THREADS": "0",
+                                 "POCKETCNN_MODEL_REPOSITORY": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "POCKETCNN_THREADS must be a positive integer, not 0" in result.stdout + result.stderr
+
+
+def test_the_readme_lists_every_setting_with_its_default():
+    from helpers import ROOT
+    from serve.settings import markdown_table
+
+    assert markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8"), \
+        "README's settings table is `python -m serve.settings`"

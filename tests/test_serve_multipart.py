@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -103,8 +104,30 @@ def test_a_content_type_without_a_usable_boundary_is_refused(header):
         boundary_of(header)
 
 
+class ScanCountingBytes(bytes):
+    """bytes that record every search for the boundary: where it started and where it stopped."""
+
+    def __new__(cls, data: bytes, needle: bytes):
+        self = super().__new__(cls, data)
+        self.needle, self.scans = needle, []
+        return self
+
+    def find(self, sub, start=None, end=None):
+        found = super().find(sub, start, end)
+        if sub == self.needle:
+            self.scans.append((start or 0, found if found >= 0 else len(self)))
+        return found
+
+
 def test_a_photo_sized_upload_is_read_in_one_pass():
-    """A 4 MB upload whose data is full of near-boundaries (lines starting with '--b') still parses right."""
+    """A 4 MB upload whose data is full of near-boundaries (lines starting with '--b'): every search for the
+    boundary starts where the last one stopped, so the body is scanned once, and the data comes out whole."""
     data = (b"\r\n--bX" * 400_000)[:4_000_000]
-    body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n' + data + b"\r\n--b--\r\n"
+    body = ScanCountingBytes(b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+                             + data + b"\r\n--b--\r\n", b"--b")
     assert parse_multipart(body, b"b").files["image"][0].data == data
+    assert len(body.scans) > 400_000, "each near-boundary was looked at"
+    scanned = sum(stop - start for start, stop in body.scans)
+    assert all(start >= previous_stop for (_, previous_stop), (start, _) in pairwise(body.scans)), \
+        "no search went back over bytes already searched"
+    assert scanned <= len(body), f"{scanned:,} bytes searched for a {len(body):,}-byte body"

@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import FASHION_MNIST_DIR, encode, to_picture
 from PIL import Image
 
-from helpers import FASHION_MNIST_DIR, encode, to_picture
 from train.config import TrainConfig
 from train.data import (
     FASHION_MNIST_LABELS,

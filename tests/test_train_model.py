@@ -117,7 +117,7 @@ def test_mobilenet_fine_tune_trains_the_base_and_a_step_runs():
     y = np.arange(8) % 4
     before = [w.copy() for w in model.get_weights()[:3]]
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()[:3]))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()[:3], strict=True))
 
 
 def test_mobilenet_weights_are_read_from_a_local_file(tmp_path):
@@ -126,4 +126,4 @@ def test_mobilenet_weights_are_read_from_a_local_file(tmp_path):
     source.save_weights(path)
     model = make_model((32, 32, 3), 4, replace(MOBILENET, base_weights=str(path)))
     loaded = _base(model).get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights(), strict=True))

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_bytes
 
 from bench.browser import chromium_installed, headless_chromium
 from clients.predict import ServiceError, predict
-from helpers import png_bytes
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "serve" / "static" / "index.html"
@@ -32,6 +32,11 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(WAIT_SECONDS)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_server) -> str:
+    return tiny_server.url
 
 
 @pytest.fixture(scope="module")

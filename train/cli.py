@@ -6,10 +6,10 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from contract.files import storage_error
+from contract.options import add_options, values_of
 from train.config import TrainConfig
 
 EPILOG = """\
@@ -23,24 +23,6 @@ history.csv/json, metrics.json, arrays/ (held-out test images for export) and pl
 """
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
-def _parse_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, not {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("expected positive integers like 32,64,128")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train", description="Train a CNN image classifier with dropout, batch norm and "
@@ -49,26 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last finished "
                         "epoch, with the run's own config (other options are ignored)")
-    for f in fields(TrainConfig):
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = {"default": default, "help": f"{f.metadata['help']} (default: {_show(default)})", "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if isinstance(default, bool):
-            kwargs.update(type=_parse_bool, metavar="BOOL")
-        elif isinstance(default, tuple):
-            kwargs.update(type=_parse_ints, metavar="N,N,...")
-        else:
-            kwargs["type"] = type(default)
-        parser.add_argument(flag, **kwargs)
+    add_options(parser, TrainConfig)
     return parser
-
-
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return repr(value) if value == "" else str(value)
 
 
 def check(config: TrainConfig, parser: argparse.ArgumentParser) -> None:
@@ -108,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_run_config(run_dir)
             train(config, run_dir=run_dir)
         else:
-            config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+            config = TrainConfig(**values_of(args, TrainConfig))
             check(config, parser)
             train(config)
     except (DataError, ModelConfigError, RunError) as err:

@@ -6,7 +6,9 @@ The CLI is generated from this dataclass (see cli.py), so each field's `help` is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+
+from contract.options import option as _opt
 
 DATASETS = ("fashion_mnist", "folder", "cifar10")
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nadam")
@@ -15,10 +17,6 @@ STRATEGIES = ("none", "mirrored", "multi-worker")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 BASES = ("none", "mobilenetv2")
 COLOR_MODES = ("auto", "grayscale", "rgb")
-
-
-def _opt(default, help, **extra):
-    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
@@ -39,7 +37,7 @@ class TrainConfig:
     conv_dropout: float = _opt(0.25, "dropout after each conv block")
     dense_dropout: float = _opt(0.5, "dropout before the classifier")
     weight_decay: float = _opt(0.0, "L2 weight decay on conv and dense kernels (0 = off)")
-    augment: bool = _opt(True, "random flip / shift / zoom during training (never at inference)")
+    augment: bool = _opt(True, "random horizontal flip and shift during training (never at inference)")
     base: str = _opt("none", "transfer-learning base instead of the conv blocks: mobilenetv2 (needs rgb, image-size >= 32)", choices=BASES)
     base_weights: str = _opt("", "weights file for the base (e.g. mobilenet_v2 *_no_top.h5); empty = random initialisation")
     fine_tune: bool = _opt(False, "train the base's weights too (default: frozen)")
@@ -70,7 +68,3 @@ class TrainConfig:
     runs_dir: str = _opt("runs", "where run folders are created")
     run_name: str = _opt("", "name of the run folder (default: <date>-<time>-<dataset>)")
     train_sample_size: int = _opt(10000, "training images stored in the run for export's calibration and fine-tuning")
-
-
-def config_fields():
-    return fields(TrainConfig)

@@ -114,7 +114,7 @@ def plot_feature_maps(model, conv, dataset, path: Path, limit: int = 32) -> Path
     sample = dataset.x_test[:1].astype("float32")
     try:
         probe = keras.Model(model.input, conv.output)
-    except ValueError:  # conv is inside a nested base model: probe that base on its own input
+    except ValueError:  # conv is inside a nested base model (MobileNetV2): the picture shows the input alone
         probe = None
     maps = np.asarray(probe(sample, training=False))[0] if probe is not None else None
     count = min(limit, maps.shape[-1]) if maps is not None else 0

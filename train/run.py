@@ -232,6 +232,9 @@ def summarize(dataset: Dataset, predicted: np.ndarray, loss: float, history: lis
         "test_accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
         "test_loss": loss,
         "test_images": int(len(truth)),
+        "train_images": int(len(dataset.x_train)),
+        "compute_precision": compute_policy(config.precision),
+        "validation_images": int(len(dataset.x_val)),
         "best_epoch": best_epoch + 1,  # 1-based, like the progress bar
         "best_" + config.monitor: best_value,
         "epochs_run": len(history),

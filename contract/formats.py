@@ -1,23 +1,57 @@
-"""The one table of export formats: file, runtime, precision, gates. Everything else reads it."""
+"""The one table of model formats: file, runtime, precision, where it comes from. Every stage reads it.
+
+Export writes and checks each format, the service loads the one it is told to serve, the mobile bundle
+takes the .tflite ones, the benchmarks compare them: none of them keeps its own list. No TensorFlow
+here, so the serving install and the clients can read the table too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# What loads each kind of file: the runtimes phones and servers use (TensorFlow only for the SavedModel).
+RUNTIME_CONTAINER = {"litert": "tflite", "onnxruntime": "onnx", "tensorflow": "savedmodel"}
+SERVING_RUNTIMES = ("litert", "onnxruntime")  # what the serving install has (no TensorFlow)
+
+
+def reference_key(source: str) -> str:
+    """Where reference/reference.json keeps the outputs of a source model: keras, qat_fine_tuned, ..."""
+    return "keras" if source == "keras" else f"{source}_fine_tuned"
 
 
 @dataclass(frozen=True)
 class Format:
     key: str            # what users type in --formats and what the manifest calls the artifact
     file: str           # file (or directory) name inside the model version
-    runtime: str        # what loads it for the parity check: the runtime phones and servers use
+    runtime: str        # what loads it: litert | onnxruntime | tensorflow
     precision: str      # float32 | float16 | dynamic-int8 | int8
     family: str         # gate family: float32 | float16 | int8
+    source: str = "keras"  # the model it is converted from: keras (best.keras) or a fine-tuned copy: qat | prune
     opt_in: str = ""    # CLI flag that enables it, if it is not in the release defaults
     description: str = ""
 
     @property
+    def container(self) -> str:
+        """tflite | onnx | savedmodel: the manifest's "format" of the artifact."""
+        return RUNTIME_CONTAINER[self.runtime]
+
+    @property
     def is_tflite(self) -> bool:
         return self.runtime == "litert"
+
+    @property
+    def needs_tensorflow(self) -> bool:
+        return self.runtime not in SERVING_RUNTIMES
+
+    @property
+    def reference_key(self) -> str:
+        """The key of the expected outputs in reference/reference.json this file must reproduce."""
+        return reference_key(self.source)
+
+    @property
+    def compared_with(self) -> str:
+        """The model this file's agreement is measured against, in words (the manifest's compared_with)."""
+        return "keras" if self.source == "keras" else f"{self.source} fine-tuned model"
 
 
 FORMATS: dict[str, Format] = {f.key: f for f in (
@@ -31,33 +65,16 @@ FORMATS: dict[str, Format] = {f.key: f for f in (
            description="TFLite, int8 weights, activations quantized on the fly"),
     Format("tflite_int8", "model_int8.tflite", "litert", "int8", "int8",
            description="TFLite full-integer int8, uint8 input and output, calibrated on training images"),
-    Format("tflite_qat_int8", "model_qat_int8.tflite", "litert", "int8", "int8", opt_in="--qat",
+    Format("tflite_qat_int8", "model_qat_int8.tflite", "litert", "int8", "int8", source="qat", opt_in="--qat",
            description="TFLite full-integer int8 after quantization-aware fine-tuning (tfmot)"),
-    Format("tflite_pruned_int8", "model_pruned_int8.tflite", "litert", "int8", "int8", opt_in="--prune",
-           description="TFLite full-integer int8 of a magnitude-pruned, fine-tuned model (tfmot)"),
+    Format("tflite_pruned_int8", "model_pruned_int8.tflite", "litert", "int8", "int8", source="prune",
+           opt_in="--prune", description="TFLite full-integer int8 of a magnitude-pruned, fine-tuned model (tfmot)"),
     Format("onnx", "model.onnx", "onnxruntime", "float32", "float32",
            description="ONNX (opset 17), dynamic batch dimension named 'batch'"),
 )}
 
 DEFAULT_FORMATS = tuple(key for key, f in FORMATS.items() if not f.opt_in)
-
-
-@dataclass(frozen=True)
-class Gates:
-    """Release gates; each can be overridden on the command line."""
-
-    float_min_agreement: float = 0.999   # top-1 agreement with the source model, float formats
-    float32_max_diff: float = 1e-4       # max |probability difference|, float32 formats
-    float16_max_diff: float = 1e-2
-    int8_min_agreement: float = 0.99
-    int8_max_accuracy_drop: float = 1.0  # percentage points of held-out accuracy
-
-    def for_family(self, family: str) -> dict:
-        if family == "float32":
-            return {"min_agreement": self.float_min_agreement, "max_abs_diff": self.float32_max_diff}
-        if family == "float16":
-            return {"min_agreement": self.float_min_agreement, "max_abs_diff": self.float16_max_diff}
-        return {"min_agreement": self.int8_min_agreement, "max_accuracy_drop_points": self.int8_max_accuracy_drop}
+FINE_TUNES = tuple(dict.fromkeys(f.source for f in FORMATS.values() if f.source != "keras"))  # qat, prune
 
 
 class UnknownFormat(ValueError):
@@ -74,8 +91,6 @@ def parse_formats(text: str, qat: bool = False, prune: bool = False) -> list[For
     unknown = [k for k in keys if k not in FORMATS]
     if unknown:
         raise UnknownFormat(f"unknown format {', '.join(repr(k) for k in unknown)}; valid formats: {', '.join(FORMATS)}")
-    if qat and "tflite_qat_int8" not in keys:
-        keys.append("tflite_qat_int8")
-    if prune and "tflite_pruned_int8" not in keys:
-        keys.append("tflite_pruned_int8")
+    for flag, wanted in (("--qat", qat), ("--prune", prune)):
+        keys += [k for k, f in FORMATS.items() if wanted and f.opt_in == flag and k not in keys]
     return [FORMATS[k] for k in FORMATS if k in keys]  # table order, no duplicates
