@@ -45,7 +45,8 @@ def wsgi_environ(body: bytes, content_type: str) -> dict:
 def whole_call(app, body: bytes, content_type: str):
     def call():
         statuses = []
-        result = app.wsgi_app(wsgi_environ(body, content_type), lambda status, headers, exc=None: statuses.append(status))
+        result = app.wsgi_app(wsgi_environ(body, content_type),
+                              lambda status, headers, exc=None: statuses.append(status))
         b"".join(result)
         result.close()
         if not statuses[0].startswith("200"):
@@ -109,7 +110,8 @@ def main(argv=None) -> dict:
         for key, value in costs.items():
             print(f"  {LABELS[key]:<44} {value:7.3f}")
         print(f"  pocketcnn adds {costs['pocketcnn'] - costs['ceiling']:.3f} ms to the ceiling's call; decoding and "
-              f"the model are {costs['decode'] + costs['model']:.3f} ms of it; {costs['pocketcnn'] - costs['floor']:.3f} ms "
+              f"the model are {costs['decode'] + costs['model']:.3f} ms of it; "
+              f"{costs['pocketcnn'] - costs['floor']:.3f} ms "
               "more than the floor")
     app.extensions["pocketcnn"].stop()
     results = {"format": model.format, "number": args.number, "ms": results}

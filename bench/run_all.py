@@ -126,8 +126,10 @@ def bench_export(run_dir: Path) -> dict:
 
 def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> dict:
     run([sys.executable, "-m", "bench.serve_bench", "--models", str(models), "--keras-model", str(keras_model),
-         "--seconds", str(seconds), "--rounds", str(rounds), "--out", str(RESULTS / "serve.json")], RESULTS / "serve.log")
-    run([sys.executable, "-m", "bench.request_costs", "--models", str(models), "--out", str(RESULTS / "request_costs.json")],
+         "--seconds", str(seconds), "--rounds", str(rounds), "--out", str(RESULTS / "serve.json")],
+        RESULTS / "serve.log")
+    run([sys.executable, "-m", "bench.request_costs", "--models", str(models),
+         "--out", str(RESULTS / "request_costs.json")],
         RESULTS / "request_costs.log")
     return json.loads((RESULTS / "serve.json").read_text())
 
@@ -171,7 +173,8 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
     lines = [
         "# Benchmarks",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), "
         f"no GPU, Python {platform.python_version()}. Reproduce everything with `make bench` "
         f"(= `{command}`); raw results in `bench/results/*.json`, logs beside them.",
         "",
@@ -181,8 +184,10 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "",
         "| figure | measured | target | |",
         "| --- | --- | --- | --- |",
-        f"| test accuracy of best.keras | {train['test_accuracy'] * 100:.2f} % | ≥ 93.0 % | {verdict(train['test_accuracy'] >= TRAIN_TARGET_ACCURACY)} |",
-        f"| training time (sum of epochs) | {train['training_minutes']:.1f} min | ≤ 20 min | {verdict(train['training_minutes'] <= TRAIN_TARGET_MINUTES)} |",
+        f"| test accuracy of best.keras | {train['test_accuracy'] * 100:.2f} % | ≥ 93.0 % | "
+        f"{verdict(train['test_accuracy'] >= TRAIN_TARGET_ACCURACY)} |",
+        f"| training time (sum of epochs) | {train['training_minutes']:.1f} min | ≤ 20 min | "
+        f"{verdict(train['training_minutes'] <= TRAIN_TARGET_MINUTES)} |",
         f"| whole process (load, train, evaluate, plots) | {train['process_minutes'] or '-'} min | | |",
         f"| epochs run / best epoch | {train['epochs']} / {train['best_epoch']} | | |",
         f"| training throughput | {train['images_per_second']:.0f} images/s | | |",
@@ -211,7 +216,8 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
     int8_ratio = a["tflite_int8"]["bytes"] / f32["bytes"]
     lines += [
         f"| int8 size / float32 size | {int8_ratio * 100:.1f} % | ≤ 30 % | {verdict(int8_ratio <= 0.30)} |",
-        f"| int8 accuracy lost | {a['tflite_int8']['accuracy_drop_points']:.2f} points | ≤ 0.3 | {verdict(a['tflite_int8']['accuracy_drop_points'] <= 0.3)} |",
+        f"| int8 accuracy lost | {a['tflite_int8']['accuracy_drop_points']:.2f} points | ≤ 0.3 | "
+        f"{verdict(a['tflite_int8']['accuracy_drop_points'] <= 0.3)} |",
     ]
     for key in ("tflite_float32", "onnx"):
         ok = a[key]["agreement"] == 1.0 and a[key]["max_abs_diff"] <= 1e-5
@@ -219,8 +225,10 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
                      f"{a[key]['max_abs_diff']:.1e} | 100 % / ≤ 1e-5 | {verdict(ok)} |")
     qat, ptq = a["tflite_qat_int8"]["accuracy"], a["tflite_int8"]["accuracy"]
     lines += [
-        f"| QAT int8 vs post-training int8 accuracy | {qat * 100:.2f} % vs {ptq * 100:.2f} % | QAT ≥ PTQ | {verdict(qat >= ptq)} |",
-        f"| pruned int8, gzip size vs int8 | {a['tflite_pruned_int8']['gzip_bytes'] / 1e3:.0f} kB vs {a['tflite_int8']['gzip_bytes'] / 1e3:.0f} kB | | |",
+        f"| QAT int8 vs post-training int8 accuracy | {qat * 100:.2f} % vs {ptq * 100:.2f} % | QAT ≥ PTQ | "
+        f"{verdict(qat >= ptq)} |",
+        f"| pruned int8, gzip size vs int8 | {a['tflite_pruned_int8']['gzip_bytes'] / 1e3:.0f} kB vs "
+        f"{a['tflite_int8']['gzip_bytes'] / 1e3:.0f} kB | | |",
         "",
         f"Export took {export['minutes']:.1f} min for all {len(a)} formats (QAT and pruning fine-tunes included); "
         f"published as `{export['version']}`.",
@@ -229,11 +237,14 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "",
         f"Same gunicorn settings for all five apps: {serve['settings']['workers']} workers × "
         f"{serve['settings']['threads']} threads ({serve['settings']['worker_class']}); load from "
-        f"`{serve['settings']['wrk']}` with `bench/wrk_multipart.lua` (multipart upload, keep-alive) on the same machine. "
+        f"`{serve['settings']['wrk']}` with `bench/wrk_multipart.lua` (multipart upload, keep-alive) "
+        "on the same machine. "
         "The apps: pocketcnn; the HTTP ceiling (`bench/apps/ceiling.py`: reads the upload as pocketcnn does, answers a "
         "fixed JSON); two floors (`bench/apps/floor.py`: the ceiling plus only the work no service can skip, decoding "
-        f"the photo with the same `decode_image`, and then also running the served model file, `{serve['floor_model_file']}`, "
-        "through the same LiteRT runner; no checks, metrics or ranking); and the tutorial way (`bench/apps/tutorial.py`: "
+        "the photo with the same `decode_image`, and then also running the served model file, "
+        f"`{serve['floor_model_file']}`, "
+        "through the same LiteRT runner; no checks, metrics or ranking); and the tutorial way "
+        "(`bench/apps/tutorial.py`: "
         "`keras.models.load_model`, `model.predict` per request). "
         f"They run side by side and are measured in turn, {serve['settings']['rounds']} slices each, the order "
         "rotated every round: this machine's speed drifts by up to 2× within a minute, and slices taken in turn put "
@@ -248,7 +259,8 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "The last column is the CPU time the workers spent per request (user + system, from `/proc`, median slice): "
         "under load, throughput is the cores divided by it, so it shows what each app costs better than wall time.",
         "",
-        "| input | concurrency | pocketcnn | HTTP ceiling | tutorial way | vs ceiling | vs tutorial | pocketcnn p50 / p99 "
+        "| input | concurrency | pocketcnn | HTTP ceiling | tutorial way | vs ceiling | vs tutorial "
+        "| pocketcnn p50 / p99 "
         "| worker CPU per request, pocketcnn / ceiling |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -257,7 +269,8 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
     for key in sorted(ratios, key=lambda k: (k[0] != "png_28x28", k[1])):
         ours, ceiling, tutorial = (by[(app, *key)] for app in ("pocketcnn", "ceiling", "tutorial"))
         ratio = ratios[key]
-        lines.append(f"| {key[0]} | {key[1]} | {ours['requests_per_second']:,.0f} | {ceiling['requests_per_second']:,.0f} | "
+        lines.append(f"| {key[0]} | {key[1]} | {ours['requests_per_second']:,.0f} | "
+                     f"{ceiling['requests_per_second']:,.0f} | "
                      f"{tutorial['requests_per_second']:,.1f} | {ratio['vs_ceiling'] * 100:.0f} % | "
                      f"{ratio['vs_tutorial']:,.0f}× | {ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} ms | "
                      f"{cpu_ms(ours)} / {cpu_ms(ceiling)} ms |")
@@ -273,12 +286,16 @@ def write_report(train: dict, export: dict, serve: dict, costs: dict, command: s
         "| figure | measured (worst case over the table) | target | |",
         "| --- | --- | --- | --- |",
         f"| throughput vs the tutorial way | {tutorial_factor:,.0f}× | ≥ 30× | {verdict(tutorial_factor >= 30)} |",
-        f"| share of the HTTP ceiling, 28×28 PNG | {png_ceiling * 100:.0f} % | ≥ 60 % | {verdict(png_ceiling >= 0.6)} |",
-        f"| share of the HTTP ceiling, 640×480 JPEG | {jpeg_ceiling * 100:.0f} % | ≥ 40 % | {verdict(jpeg_ceiling >= 0.4)} |",
+        f"| share of the HTTP ceiling, 28×28 PNG | {png_ceiling * 100:.0f} % | ≥ 60 % | "
+        f"{verdict(png_ceiling >= 0.6)} |",
+        f"| share of the HTTP ceiling, 640×480 JPEG | {jpeg_ceiling * 100:.0f} % | ≥ 40 % | "
+        f"{verdict(jpeg_ceiling >= 0.4)} |",
         f"| ... the most any service reaches with this model (floor: decode + model), PNG / JPEG | "
-        f"{floor(serve, 'png_28x28', 'floor_model') * 100:.0f} % / {floor(serve, 'jpeg_640x480', 'floor_model') * 100:.0f} % | | |",
+        f"{floor(serve, 'png_28x28', 'floor_model') * 100:.0f} % / "
+        f"{floor(serve, 'jpeg_640x480', 'floor_model') * 100:.0f} % | | |",
         f"| ... the most any service reaches with no model at all (floor: decode only), PNG / JPEG | "
-        f"{floor(serve, 'png_28x28', 'floor_decode') * 100:.0f} % / {floor(serve, 'jpeg_640x480', 'floor_decode') * 100:.0f} % | | |",
+        f"{floor(serve, 'png_28x28', 'floor_decode') * 100:.0f} % / "
+        f"{floor(serve, 'jpeg_640x480', 'floor_decode') * 100:.0f} % | | |",
         f"| worker memory (RSS after the load) | {rss:.0f} MB | ≤ 200 MB | {verdict(rss <= 200)} |",
         f"| ready after start (all workers, 3 starts) | {ready:.2f} s | ≤ 3 s | {verdict(ready <= 3)} |",
         f"| failed requests during the benchmark | {errors} of {requests:,} | 0 | {verdict(errors == 0)} |",
@@ -314,7 +331,8 @@ def the_floors(serve: dict, by: dict, ratios: dict, artifacts: dict, costs: dict
              "pocketcnn's share of the floor with the model (its own overhead costs the rest), and the worker CPU per "
              "request of each app.",
              "",
-             "| input | concurrency | floor: decode only | floor: decode + model | pocketcnn | pocketcnn / floor with model "
+             "| input | concurrency | floor: decode only | floor: decode + model | pocketcnn "
+             "| pocketcnn / floor with model "
              "| worker CPU per request: decode only / decode + model / pocketcnn / ceiling |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(ratios, key=lambda k: (k[0] != "png_28x28", k[1])):
@@ -338,7 +356,8 @@ def the_floors(serve: dict, by: dict, ratios: dict, artifacts: dict, costs: dict
     model_text = (f"The model is `{costs['format']}`, {costs['ms']['png_28x28']['model']:.2f} ms per image in a warm "
                   f"loop (`tflite_float32` takes {artifacts['tflite_float32']['latency_ms']:.2f} ms). ")
     if findings:
-        model_text += ("The share targets cannot be reached on this machine: " + "; ".join(findings) + ". The JPEG decode "
+        model_text += ("The share targets cannot be reached on this machine: "
+                       + "; ".join(findings) + ". The JPEG decode "
                        "is already at libjpeg's 1/8 scale, where Huffman-decoding the whole file is the floor, and "
                        "TurboJPEG through simplejpeg does the same work (below). ")
     return lines + ["", model_text + "No request path, however lean, lifts a service above its floor.", ""]
@@ -349,7 +368,8 @@ def inside_the_worker(costs: dict) -> list[str]:
     from bench.request_costs import LABELS
 
     images = list(costs["ms"])
-    lines = [f"Inside the worker (no HTTP): one `/predict` through the WSGI app, best of 5 × {costs['number']:,} calls, "
+    lines = ["Inside the worker (no HTTP): one `/predict` through the WSGI app, "
+             f"best of 5 × {costs['number']:,} calls, "
              "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request beyond the "
              "floor (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): the only part a leaner "
              "request path could still take off.",

@@ -117,7 +117,8 @@ def wrk(url: str, image: Path, connections: int, seconds: float, worker_pids: li
     stats = json.loads(line[len("WRK_JSON "):])
     stats["requests_per_second"] = round(stats["requests"] / stats["seconds"], 1)
     if stats["requests"]:
-        stats["worker_cpu_ms_per_request"] = round((cpu_seconds(worker_pids) - cpu_before) * 1000 / stats["requests"], 3)
+        stats["worker_cpu_ms_per_request"] = round(
+            (cpu_seconds(worker_pids) - cpu_before) * 1000 / stats["requests"], 3)
     return stats
 
 
@@ -168,7 +169,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def median_ratio(ours: dict, theirs: dict) -> float:
     """Median over rounds of ours / theirs, each ratio taken within one round."""
-    ratios = sorted(a / b for a, b in zip(ours["slices_requests_per_second"], theirs["slices_requests_per_second"], strict=True))
+    ratios = sorted(a / b for a, b in zip(ours["slices_requests_per_second"], theirs["slices_requests_per_second"],
+                                          strict=True))
     middle = len(ratios) // 2
     return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
@@ -178,7 +180,8 @@ def served_artifact(url: str, models: Path) -> Path:
     with urllib.request.urlopen(url + "/model", timeout=10) as response:
         info = json.load(response)
     served = info["served"]
-    return Path(models) / served["name"] / str(served["version"]) / info["manifest"]["artifacts"][served["format"]]["file"]
+    return (Path(models) / served["name"] / str(served["version"])
+            / info["manifest"]["artifacts"][served["format"]]["file"])
 
 
 def ready_times(env: dict, repeats: int, workers: int, threads: int) -> list[float]:
@@ -214,7 +217,8 @@ def main(argv=None) -> dict:
         "floor_model": ("bench.apps.floor:app", {}),  # both floors get POCKETCNN_FLOOR_MODEL (pocketcnn's file) below
         "tutorial": ("bench.apps.tutorial:app", {"POCKETCNN_TUTORIAL_MODEL": str(Path(args.keras_model).resolve())}),
     }
-    report = {"served_format": DEFAULT_FORMAT, "settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
+    report = {"served_format": DEFAULT_FORMAT,
+              "settings": {"workers": args.workers, "threads": args.threads, "worker_class": "gthread",
                            "wrk": f"wrk -t1 -c{{1,8,32}} -d{args.seconds:g}s", "rounds": args.rounds,
                            "cores": os.cpu_count()},
               "runs": [], "ratios": []}
@@ -246,7 +250,8 @@ def main(argv=None) -> dict:
                 print(f"  {image_name:<13} c={connections:<3} " + "  ".join(
                     f"{name} {stats['requests_per_second']:>7,.1f}" for name, stats in results.items())
                     + f"  | {ratio['vs_ceiling'] * 100:.0f} % of the ceiling (floors: decode "
-                    + f"{ratio['floor_decode_vs_ceiling'] * 100:.0f} %, decode + model {ratio['floor_model_vs_ceiling'] * 100:.0f} %), "
+                    + f"{ratio['floor_decode_vs_ceiling'] * 100:.0f} %, decode + model "
+                      f"{ratio['floor_model_vs_ceiling'] * 100:.0f} %), "
                     + f"{ratio['vs_tutorial']:.0f}x the tutorial; "
                     + "worker CPU {} vs {} ms/request".format(*(results[app].get("worker_cpu_ms_per_request")
                                                                for app in ("pocketcnn", "ceiling"))),
@@ -258,7 +263,8 @@ def main(argv=None) -> dict:
     with contextlib.ExitStack() as stack:
         servers = {"ceiling": stack.enter_context(Server(*apps["ceiling"], args.workers, args.threads))}
         for fmt in FORMATS_COMPARED:
-            servers[fmt] = stack.enter_context(Server("serve:create_app()", {**model_env, "POCKETCNN_MODEL_FORMAT": fmt},
+            servers[fmt] = stack.enter_context(Server("serve:create_app()",
+                                                      {**model_env, "POCKETCNN_MODEL_FORMAT": fmt},
                                                       args.workers, args.threads))
         for server in servers.values():
             warm_up(server.url, images["png_28x28"])

@@ -90,7 +90,8 @@ def parse_formats(text: str, qat: bool = False, prune: bool = False) -> list[For
         keys = list(DEFAULT_FORMATS)
     unknown = [k for k in keys if k not in FORMATS]
     if unknown:
-        raise UnknownFormat(f"unknown format {', '.join(repr(k) for k in unknown)}; valid formats: {', '.join(FORMATS)}")
+        raise UnknownFormat(f"unknown format {', '.join(repr(k) for k in unknown)}; "
+                            f"valid formats: {', '.join(FORMATS)}")
     for flag, wanted in (("--qat", qat), ("--prune", prune)):
         keys += [k for k, f in FORMATS.items() if wanted and f.opt_in == flag and k not in keys]
     return [FORMATS[k] for k in FORMATS if k in keys]  # table order, no duplicates

@@ -127,5 +127,6 @@ class ModelRepository:
 
     def next_version(self, name: str) -> int:
         directory = self.model_dir(name)
-        taken = [int(p.name) for p in directory.iterdir() if _VERSION_PATTERN.match(p.name)] if directory.is_dir() else []
+        taken = ([int(p.name) for p in directory.iterdir() if _VERSION_PATTERN.match(p.name)]
+                 if directory.is_dir() else [])
         return max(taken, default=0) + 1

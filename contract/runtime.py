@@ -2,9 +2,9 @@
 (and TensorFlow for a SavedModel, only where TensorFlow is installed).
 
 Export's parity checks and the service both use these runners, so the service runs exactly the code
-path that export proved. TensorFlow is imported only by the SavedModel runner. Input: uint8 pixels (N, H, W, C) from decode_image;
-output: float32 probabilities (N, classes). Quantized models get their input quantized and their
-output dequantized with the scale and zero-point stored in the model file.
+path that export proved. TensorFlow is imported only by the SavedModel runner. Input: uint8 pixels
+(N, H, W, C) from decode_image; output: float32 probabilities (N, classes). Quantized models get their
+input quantized and their output dequantized with the scale and zero-point stored in the model file.
 """
 
 from __future__ import annotations
@@ -125,8 +125,10 @@ class SavedModelRunner:
         spec = self.function.structured_input_signature[1][self.input_name]
         out = self.function.structured_outputs[self.output_name]
         return {
-            "input": {"name": self.input_name, "dtype": "float32", "shape": [-1, *spec.shape[1:]], "quantization": None},
-            "output": {"name": self.output_name, "dtype": "float32", "shape": [-1, *out.shape[1:]], "quantization": None},
+            "input": {"name": self.input_name, "dtype": "float32", "shape": [-1, *spec.shape[1:]],
+                      "quantization": None},
+            "output": {"name": self.output_name, "dtype": "float32", "shape": [-1, *out.shape[1:]],
+                       "quantization": None},
         }
 
     def op_types(self) -> set[str]:

@@ -18,7 +18,8 @@ EXIT_PUBLISHED, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 
 EPILOG = f"""\
 formats (--formats, comma-separated; 'all' for every one):
-{chr(10).join(f"  {f.key:<20} {f.description}{'  [opt-in: ' + f.opt_in + ']' if f.opt_in else ''}" for f in FORMATS.values())}
+{chr(10).join(f"  {f.key:<20} {f.description}{'  [opt-in: ' + f.opt_in + ']' if f.opt_in else ''}"
+              for f in FORMATS.values())}
 
 exit codes:
   0  every file passed every gate; the version was published (its path is the last line printed)
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "models/<name>/<version>/ with a manifest only if every file passed its gates.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run", type=Path, help="a run folder, or a runs directory / runs/latest (the newest finished run)")
+    parser.add_argument("run", type=Path,
+                        help="a run folder, or a runs directory / runs/latest (the newest finished run)")
     add_options(parser, ExportOptions)
     parser.add_argument("--report", type=Path, help="also write the results as JSON here (written on failure too)")
     parser.add_argument("--quiet", action="store_true", help="only the table and the result")

@@ -205,7 +205,8 @@ def convert_file(fmt: Format, ctx: convert.ExportContext, compared: dict[str, Co
     if fmt.source == "keras":
         return convert.EXPORTERS[fmt.key](ctx)
     if fmt.source not in compared:
-        tuned: FineTuned = fine_tune(fmt.source, ctx.model, ctx.input_shape, inputs, ctx.work_dir / f"tfmot_{fmt.source}")
+        tuned: FineTuned = fine_tune(fmt.source, ctx.model, ctx.input_shape, inputs,
+                                     ctx.work_dir / f"tfmot_{fmt.source}")
         compared[fmt.source] = ComparedModel(fmt.source, tuned.test_probs, tuned.reference_probs, tuned.report,
                                              tuned.flatbuffer)
     return convert.export_fine_tuned(ctx, fmt, compared[fmt.source].flatbuffer)
@@ -221,7 +222,8 @@ def convert_and_verify(fmt: Format, ctx: convert.ExportContext, options: ExportO
             raise  # not the model's fault: a full or read-only disk is reported as such by export_run
         log.error("%s: conversion failed: %s", fmt.key, err)
         verdict = verify.Verdict(fmt.key, status="error")
-        verdict.failures.append(f"conversion failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
+        verdict.failures.append("conversion failed: "
+                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
         return verdict
     # A file from a fine-tuned model is measured against that model, while the accuracy gate still compares
     # with the original best.keras.
@@ -272,8 +274,9 @@ def write_references(staging: Path, reference_x, reference_y, labels, verdicts, 
     return document
 
 
-def build_manifest(name: str, version: int, labels: list[str], input_shape, source: dict, verdicts: list[verify.Verdict],
-                   staging: Path, options: ExportOptions, reference_doc: dict, compared: dict[str, ComparedModel]) -> dict:
+def build_manifest(name: str, version: int, labels: list[str], input_shape, source: dict,
+                   verdicts: list[verify.Verdict], staging: Path, options: ExportOptions, reference_doc: dict,
+                   compared: dict[str, ComparedModel]) -> dict:
     artifacts = {}
     for verdict in verdicts:
         fmt = FORMATS[verdict.key]
@@ -354,7 +357,8 @@ def _versions() -> dict:
 
 
 def format_table(verdicts: list[verify.Verdict], staging: Path, source_accuracy: float) -> str:
-    header = f"{'format':<20} {'status':<7} {'size':>9} {'accuracy':>9} {'agreement':>10} {'max diff':>9} {'latency':>10}"
+    header = (f"{'format':<20} {'status':<7} {'size':>9} {'accuracy':>9} {'agreement':>10} {'max diff':>9} "
+              f"{'latency':>10}")
     lines = [f"Held-out accuracy of best.keras: {source_accuracy * 100:.2f} %", header, "-" * len(header)]
     for v in verdicts:
         path = staging / FORMATS[v.key].file

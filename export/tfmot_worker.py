@@ -25,7 +25,8 @@ import numpy as np
 LAYER_KEYS = {
     "Conv2D": ["filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
                "activation", "use_bias"],
-    "DepthwiseConv2D": ["kernel_size", "strides", "padding", "depth_multiplier", "data_format", "activation", "use_bias"],
+    "DepthwiseConv2D": ["kernel_size", "strides", "padding", "depth_multiplier", "data_format", "activation",
+                        "use_bias"],
     "Dense": ["units", "activation", "use_bias"],
     "BatchNormalization": ["axis", "momentum", "epsilon", "center", "scale"],
     "ReLU": ["max_value", "negative_slope", "threshold"],

@@ -90,7 +90,8 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
             405: f"{request.method} is not allowed on {request.path}"
                  + (f"; use {', '.join(sorted(m for m in (err.valid_methods or []) if m not in ('HEAD', 'OPTIONS')))}."
                     if getattr(err, "valid_methods", None) else "."),
-            413: f"The request is larger than the limit of {settings.max_content_length:,} bytes. Send a smaller photo.",
+            413: f"The request is larger than the limit of {settings.max_content_length:,} bytes. "
+                 "Send a smaller photo.",
         }
         code = (err.name or "error").lower().replace(" ", "_").replace("'", "")
         response = json_response({"error": {"code": code, "message": messages.get(err.code, err.description)}},

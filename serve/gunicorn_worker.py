@@ -5,8 +5,9 @@ gunicorn 27's gthread worker waits (in its poller) for a new connection's first 
 request has started it reads the rest with a blocking socket and no timeout: a client that sends half
 its headers and stops holds a worker thread forever. Here every client socket gives up when no byte
 arrives for POCKETCNN_READ_TIMEOUT seconds (default 10): a stalled upload releases its thread and its
-connection is closed (the timeout is read from serve/settings.py when the worker starts). A flood of more slow clients than workers x threads still needs a buffering
-proxy in front (nginx, a cloud load balancer), as for any thread-per-connection server.
+connection is closed (the timeout is read from serve/settings.py when the worker starts). A flood of
+more slow clients than workers x threads still needs a buffering proxy in front (nginx, a cloud load
+balancer), as for any thread-per-connection server.
 
 Every worker listens on the one shared socket, and whichever wakes first takes a new connection. Clients
 that keep their connections open (browsers, load balancers, wrk) often ended up all on one worker while
@@ -48,7 +49,8 @@ class ClientSocket(socket.socket):
             return super().recv(size, flags)
         except TimeoutError:
             # Reported like a reset so gunicorn closes the connection quietly instead of logging a traceback.
-            raise ConnectionResetError(errno.ECONNRESET, f"no data from the client for {self.read_timeout:g} s") from None
+            raise ConnectionResetError(errno.ECONNRESET,
+                                       f"no data from the client for {self.read_timeout:g} s") from None
 
 
 class ThreadWorker(gthread.ThreadWorker):

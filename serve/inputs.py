@@ -51,7 +51,8 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
                 raise ApiError(400, "missing_image", "The field 'image' was sent as text, not as a file. Send the "
                                                      "photo as a file: -F image=@photo.jpg.")
             others = ", ".join(sorted(form.files)) or "none"
-            raise ApiError(400, "missing_image", f"No file in the multipart field 'image' (file fields sent: {others}). "
+            raise ApiError(400, "missing_image", "No file in the multipart field 'image' "
+                                                 f"(file fields sent: {others}). "
                                                  "Send the photo as -F image=@photo.jpg.")
         uploads = [Upload(f.data, f.filename or None) for f in files]
         top_k = _one_top_k(top_k, form.first_field("top_k", _ABSENT), "form")
@@ -86,7 +87,8 @@ def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool,
     _check_count(len(uploads), max_images)
     for index, upload in enumerate(uploads):
         if not upload.data:
-            where = f" ({upload.filename})" if upload.filename else ("" if len(uploads) == 1 else f" (image {index + 1})")
+            where = (f" ({upload.filename})" if upload.filename
+                     else ("" if len(uploads) == 1 else f" (image {index + 1})"))
             raise ApiError(400, "empty_image", f"The image{where} is empty (0 bytes).")
     return uploads, batch, top_k
 

@@ -68,10 +68,12 @@ def load_version(version: ModelVersion, fmt: str, self_check_runs: int = 5, thre
         raise ModelLoadError(str(err)) from None
     artifact = manifest["artifacts"].get(fmt)
     if artifact is None:
-        raise ModelLoadError(f"version {version.version} has no '{fmt}' file (it has: {', '.join(manifest['artifacts'])})")
+        raise ModelLoadError(f"version {version.version} has no '{fmt}' file "
+                             f"(it has: {', '.join(manifest['artifacts'])})")
     path = version.path / artifact["file"]
     if not path.resolve().is_relative_to(version.path.resolve()):
-        raise ModelLoadError(f"the manifest names {artifact['file']!r} for '{fmt}', outside the version's folder: refused")
+        raise ModelLoadError(f"the manifest names {artifact['file']!r} for '{fmt}', "
+                             "outside the version's folder: refused")
     if not path.exists():
         raise ModelLoadError(f"{path} is missing")
     digest = tree_sha256(path)

@@ -88,7 +88,8 @@ def parse_multipart(body: bytes, boundary: bytes) -> Form:
             raise MultipartError(f"more than {MAX_PARTS} parts")
         if name is not None:
             if filename is not None:
-                form.files.setdefault(name, []).append(FilePart(name, filename, content_type, body[body_start:data_end]))
+                form.files.setdefault(name, []).append(FilePart(name, filename, content_type,
+                                                                body[body_start:data_end]))
             else:
                 form.fields.setdefault(name, []).append(body[body_start:data_end].decode("utf-8", "replace"))
         cursor = next_delimiter + len(dash_boundary)

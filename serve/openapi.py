@@ -29,7 +29,8 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
     base64_image = {"type": "string", "description": "A JPEG, PNG, WebP, GIF, BMP or TIFF file, base64-encoded "
                                                      "(a data: URL prefix is accepted)."}
     client_errors = {
-        "400": _error("Missing, undecodable or empty image; malformed multipart body; bad base64; bad top_k; bad JSON."),
+        "400": _error("Missing, undecodable or empty image; malformed multipart body; bad base64; bad top_k; "
+                      "bad JSON."),
         "413": _error(f"More than {max_bytes:,} bytes, more pixels than allowed, or more than {max_images} images."),
         "415": _error("Unsupported Content-Type."),
         "503": _error("No model is loaded yet (or none passed its self-check)."),
@@ -71,7 +72,8 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
     }
     metadata_responses = {
         "200": {"description": "Signature of the served model.",
-                "content": {"application/json": {"schema": {"type": "object", "required": ["model_spec", "metadata"]}}}},
+                "content": {"application/json": {"schema": {"type": "object",
+                                                            "required": ["model_spec", "metadata"]}}}},
         "404": tf_errors["404"], "503": tf_errors["503"],
     }
     return {
@@ -104,7 +106,8 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
                 }},
                 "responses": {
                     "200": {"description": "Percentages per class, most likely first.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/PredictResponse"}}}},
                     **client_errors,
                 },
             }},
@@ -128,19 +131,22 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
                 "summary": "TensorFlow Serving model metadata of one version",
                 "parameters": [name_parameter, version_parameter], "responses": metadata_responses}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {
-                "200": {"description": "The process answers.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                "200": {"description": "The process answers.",
+                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "Readiness: a model is loaded and passed its self-check", "responses": {
-                "200": {"description": "Ready.", "content": {"application/json": {"schema": {"type": "object",
-                                                                                             "required": ["status", "model"]}}}},
+                "200": {"description": "Ready.", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["status", "model"]}}}},
                 "503": _error("Not ready; the message says why.")}}},
             "/model": {"get": {"summary": "Manifest of the served version and its inference checks", "responses": {
                 "200": {"description": "The served model.", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["served", "self_check", "manifest"]}}}},
                 "503": _error("No model loaded.")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                "200": {"description": "Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
-                "200": {"description": "OpenAPI 3.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                "200": {"description": "OpenAPI 3.",
+                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/": {"get": {"summary": "The web page", "responses": {
                 "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },
@@ -167,7 +173,8 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
             "TFServingRequest": {"type": "object", "anyOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
                                  "properties": {
                 "instances": instances,
-                "inputs": {"oneOf": [instances, {"type": "object", "required": ["image"], "properties": {"image": instances}}]},
+                "inputs": {"oneOf": [instances, {"type": "object", "required": ["image"],
+                                                 "properties": {"image": instances}}]},
             }},
             "TFServingResponse": {"type": "object", "required": ["predictions"], "properties": {
                 "predictions": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},

@@ -40,7 +40,8 @@ def decode_uploads(uploads: list[Upload], model: ServedModel, max_pixels: int) -
         try:
             pixels[index] = decode_image(upload.data, model.height, model.width, model.channels, max_pixels)
         except ImageError as err:
-            which = f"'{upload.filename}'" if upload.filename else (f"image {index + 1}" if len(uploads) > 1 else "the image")
+            which = (f"'{upload.filename}'" if upload.filename
+                     else (f"image {index + 1}" if len(uploads) > 1 else "the image"))
             raise ApiError(err.status, err.code, f"Cannot use {which}: {err}") from None
     return pixels
 

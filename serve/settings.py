@@ -38,7 +38,8 @@ class Settings:
     poll_seconds: float = option(5.0, "how often to look for a better version (0: never)")
     self_check_runs: int = option(5, "runs of the reference images at start-up that must be identical")
     inference_threads: int = option(1, "intra-op threads per inference; workers x this should not exceed the cores")
-    load_in_background: bool = option(True, "load the model in a thread after the fork (false: before create_app returns)")
+    load_in_background: bool = option(True, "load the model in a thread after the fork "
+                                            "(false: before create_app returns)")
     first_load_wait_seconds: float = option(20.0, "how long a new worker waits for its first load before taking "
                                                   "connections (below request_timeout)")
     bind: str = option("127.0.0.1:8000", "address (the container uses `0.0.0.0:8000`)")
@@ -64,7 +65,8 @@ class Settings:
                 raise SettingsError(f"unknown setting {key!r}; the settings are: "
                                     f"{', '.join(f.name.upper() for f in fields(cls))}")
             default = next(f.default for f in fields(cls) if f.name == name)
-            values[name] = _parse(value, default, key) if isinstance(value, str) and not isinstance(default, str) else value
+            values[name] = (_parse(value, default, key) if isinstance(value, str) and not isinstance(default, str)
+                            else value)
         settings = replace(cls(), **values)
         settings.check()
         return settings

@@ -130,11 +130,13 @@ def test_the_image_command_serves_a_real_model_as_non_root_from_read_only_models
         if as_nobody:
             workers = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
             for pid in [str(server.pid), *workers]:
-                uid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+                uid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("Uid:"))
                 assert uid.split()[1] == str(NOBODY), f"process {pid} is not running as the unprivileged user"
         # The image's HEALTHCHECK command, with its python, against this server.
         check = json.loads(healthcheck.split("CMD", 1)[1].strip())
-        check = [str(venv / "bin" / "python") if part == "python" else part.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        check = [str(venv / "bin" / "python") if part == "python"
+                 else part.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
                  for part in check]
         assert subprocess.run(check, timeout=10).returncode == 0
     finally:

@@ -302,7 +302,8 @@ def test_a_model_with_a_lambda_layer_is_refused(trained_run, tmp_path, capsys):
     run = tmp_path / "lambda-run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("plots"))
     inputs = keras.Input((28, 28, 1))
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda t: t / 255)(inputs)))
+    outputs = keras.layers.Dense(10, activation="softmax")(
+        keras.layers.Flatten()(keras.layers.Lambda(lambda t: t / 255)(inputs)))
     keras.Model(inputs, outputs).save(run / "best.keras")
     assert export_main([str(run), "--models-dir", str(tmp_path / "models")]) == 2
     assert "Lambda layer" in capsys.readouterr().err

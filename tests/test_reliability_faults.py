@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -189,7 +188,8 @@ def test_training_into_a_full_disk_is_a_clear_error(training_into_a_full_disk):
 
 @pytest.fixture
 def server(tiny_repository, tmp_path):
-    instance = GunicornServer(tiny_repository, env={"POCKETCNN_POLL_SECONDS": "0", "POCKETCNN_MODEL_FORMAT": TINY_FORMAT,
+    instance = GunicornServer(tiny_repository, env={"POCKETCNN_POLL_SECONDS": "0",
+                                                     "POCKETCNN_MODEL_FORMAT": TINY_FORMAT,
                                                      "POCKETCNN_TEST_LOG": str(tmp_path / "gunicorn.log")}).start()
     yield instance
     instance.stop()

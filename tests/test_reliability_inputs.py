@@ -244,8 +244,8 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
         status=200, same_as="b")
     add("palette PNG, transparent index unused", **raw(palette_png(a, int(np.setdiff1d(np.arange(256), a)[0])),
                                                       "image/png"), status=200, same_as="a")
-    add("palette PNG, background transparent (shown on white)", **raw(palette_png(c, int(np.bincount(c.ravel()).argmax())),
-                                                                      "image/png"), status=200)
+    add("palette PNG, background transparent (shown on white)",
+        **raw(palette_png(c, int(np.bincount(c.ravel()).argmax())), "image/png"), status=200)
     rgba = np.dstack([np.repeat(b, 3, axis=-1), np.full(b.shape[:2], 255, np.uint8)])
     add("RGBA PNG, opaque", **raw(encode(Image.fromarray(rgba, "RGBA"), "PNG"), "image/png"), status=200, same_as="b")
     add("LA PNG, opaque", **raw(encode(to_picture(c).convert("LA"), "PNG"), "image/png"), status=200, same_as="c")
@@ -266,7 +266,8 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
     add("PNG declared application/octet-stream", **raw(png_a), status=200, same_as="a")
     add("PNG as a base64 data URL", **as_json({"image": "data:image/png;base64," + b64(png_a)}), status=200,
         same_as="a")
-    add("PNG as URL-safe base64 without padding", **as_json({"image": base64.urlsafe_b64encode(png_a).decode().rstrip("=")}),
+    add("PNG as URL-safe base64 without padding",
+        **as_json({"image": base64.urlsafe_b64encode(png_a).decode().rstrip("=")}),
         status=200, same_as="a")
     add("PNG as MIME base64 with line breaks",
         **as_json({"image": base64.encodebytes(png_a).decode()}), status=200, same_as="a")
@@ -276,7 +277,8 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
     add("SVG", **raw(svg, "image/svg+xml"), code="invalid_image")
     add("SVG with an external entity", **raw(b'<?xml version="1.0"?><!DOCTYPE s [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
                                              b"<svg>&x;</svg>", "image/svg+xml"), code="invalid_image")
-    add("ICO", **raw(encode(to_picture(a).convert("RGB").resize((32, 32)), "ICO"), "image/x-icon"), code="invalid_image")
+    add("ICO", **raw(encode(to_picture(a).convert("RGB").resize((32, 32)), "ICO"), "image/x-icon"),
+        code="invalid_image")
     add("PPM", **raw(encode(to_picture(a), "PPM"), "image/x-portable-pixmap"), code="invalid_image")
     add("PCX", **raw(encode(to_picture(a), "PCX"), "image/x-pcx"), code="invalid_image")
     add("TGA", **raw(encode(to_picture(a), "TGA"), "image/x-tga"), code="invalid_image")
@@ -298,7 +300,8 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
     add("JSON: images holds numbers", **as_json({"images": [1, 2]}), code="invalid_base64")
     add("JSON: syntax error", path="/predict", body=b'{"image": "abc"', headers={"Content-Type": "application/json"},
         code="invalid_json")
-    add("JSON: not UTF-8", path="/predict", body=b'{"image": "\xff\xfe\xfd"}', headers={"Content-Type": "application/json"},
+    add("JSON: not UTF-8", path="/predict", body=b'{"image": "\xff\xfe\xfd"}',
+        headers={"Content-Type": "application/json"},
         code="invalid_json")
     add("JSON: nested 100000 deep", path="/predict", body=b"[" * 100_000 + b"]" * 100_000,
         headers={"Content-Type": "application/json"}, code="invalid_json")
@@ -313,7 +316,8 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
     add("TF Serving: instances is empty", path=tf, **as_json({"instances": []}), code="invalid_json")
     add("TF Serving: inputs.image is a number", path=tf, **as_json({"inputs": {"image": 3}}), code="invalid_json")
     add("TF Serving: instance is a number", path=tf, **as_json({"instances": [1]}), code="invalid_instance")
-    add("TF Serving: instance of the wrong shape", path=tf, **as_json({"instances": [[1, 2, 3]]}), code="invalid_instance")
+    add("TF Serving: instance of the wrong shape", path=tf, **as_json({"instances": [[1, 2, 3]]}),
+        code="invalid_instance")
     add("TF Serving: ragged instance", path=tf, **as_json({"instances": [[[1, 2], [3]]]}), code="invalid_instance")
     add("TF Serving: pixels of 300", path=tf, **as_json({"instances": [np.full((28, 28), 300).tolist()]}),
         code="invalid_instance")
@@ -322,12 +326,15 @@ def build_corpus(pictures: dict[str, np.ndarray], seed: int = 0) -> list[Case]:
     add("TF Serving: NaN pixels", path=tf, body=("{\"instances\": [" + json.dumps(np.zeros((28, 28)).tolist())
                                                  .replace("0.0", "NaN", 1) + "]}").encode(),
         headers={"Content-Type": "application/json"}, code="invalid_instance")
-    add("TF Serving: pixels as strings", path=tf, **as_json({"instances": [[["a"] * 28] * 28]}), code="invalid_instance")
-    add("TF Serving: instance nested 900 deep", path=tf, body=b'{"instances": [' + b"[" * 900 + b"1" + b"]" * 900 + b"]}",
+    add("TF Serving: pixels as strings", path=tf, **as_json({"instances": [[["a"] * 28] * 28]}),
+        code="invalid_instance")
+    add("TF Serving: instance nested 900 deep", path=tf,
+        body=b'{"instances": [' + b"[" * 900 + b"1" + b"]" * 900 + b"]}",
         headers={"Content-Type": "application/json"}, code="invalid_instance")
     add("TF Serving: b64 is a number", path=tf, **as_json({"instances": [{"b64": 5}]}), code="invalid_base64")
     add("TF Serving: b64 of text", path=tf, **as_json({"instances": [{"b64": b64(text)}]}), code="invalid_image")
-    add("TF Serving: JSON nested 100000 deep", path=tf, body=b"[" * 100_000, headers={"Content-Type": "application/json"},
+    add("TF Serving: JSON nested 100000 deep", path=tf, body=b"[" * 100_000,
+        headers={"Content-Type": "application/json"},
         code="invalid_json")
     add("TF Serving: a valid b64 PNG", path=tf, **as_json({"instances": [{"b64": b64(png_a)}]}), status=200)
     add("TF Serving: pixels as nested lists", path=tf, **as_json({"instances": [a.squeeze(-1).tolist()]}), status=200)
@@ -508,7 +515,8 @@ def test_the_bad_input_corpus_gets_documented_answers_and_the_service_stays_heal
     workers_before = worker_pids(master)
     references = {}
     for key, image in pictures.items():
-        status, _, data = send(url, Case("reference", "POST", "/predict", png_bytes(image), {"Content-Type": "image/png"}))
+        status, _, data = send(url, Case("reference", "POST", "/predict", png_bytes(image),
+                                         {"Content-Type": "image/png"}))
         assert status == 200
         references[key] = json.loads(data)["predictions"]
 
@@ -531,7 +539,8 @@ def test_the_bad_input_corpus_gets_documented_answers_and_the_service_stays_heal
     # Still healthy, and the same two worker processes answered everything (none crashed or was replaced).
     for path in ("/healthz", "/readyz"):
         assert send(url, Case(path, "GET", path))[0] == 200, path
-    status, _, data = send(url, Case("after", "POST", "/predict", png_bytes(pictures["a"]), {"Content-Type": "image/png"}))
+    status, _, data = send(url, Case("after", "POST", "/predict", png_bytes(pictures["a"]),
+                                     {"Content-Type": "image/png"}))
     assert status == 200 and json.loads(data)["predictions"] == references["a"]
     assert worker_pids(master) == workers_before, "a worker crashed or was replaced while the corpus ran"
     metrics = send(url, Case("metrics", "GET", "/metrics"))[2].decode()
@@ -544,7 +553,8 @@ def test_the_bad_input_corpus_gets_documented_answers_and_the_service_stays_heal
 def what_the_body_is(body) -> set[str]:
     """What a case's bytes really are, found by opening them (not from the case's name)."""
     data = b"".join(body) if body is not None and not isinstance(body, bytes) else (body or b"")
-    found = {f"{len(data)} bytes"} | ({"empty"} if not data else set()) | ({"over the limit"} if len(data) > MAX_BYTES else set())
+    found = ({f"{len(data)} bytes"} | ({"empty"} if not data else set())
+             | ({"over the limit"} if len(data) > MAX_BYTES else set()))
     if data.lstrip().startswith((b"<svg", b"<?xml")):
         found.add("svg")
     try:

@@ -231,7 +231,8 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_in_flight_
         after = server.worker_pids()
         fresh_failed = {k: v for k, v in fresh.items() if k != 200}
         print(f"\n(b) SIGKILL of worker {victim} (holding {held} client connections) under load: replaced after "
-              f"{replaced:.2f} s, replacement's model loaded after {loaded:.2f} s, /readyz {status} after {ready:.2f} s")
+              f"{replaced:.2f} s, replacement's model loaded after {loaded:.2f} s, "
+              f"/readyz {status} after {ready:.2f} s")
         print(f"    keep-alive load: {report['requests']} requests at concurrency {concurrency}, "
               f"failed {report['failed']} {report['failures']}")
         print(f"    new connection per request ({fresh_threads} clients): {sum(fresh.values())} requests, "

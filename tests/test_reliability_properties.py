@@ -155,7 +155,8 @@ def png_headers(draw):
 def gif_headers(draw):
     width, height = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
     flags = draw(st.integers(0, 255))
-    table = draw(st.binary(min_size=3 * 2 ** ((flags & 7) + 1), max_size=3 * 2 ** ((flags & 7) + 1))) if flags & 0x80 else b""
+    table = (draw(st.binary(min_size=3 * 2 ** ((flags & 7) + 1), max_size=3 * 2 ** ((flags & 7) + 1)))
+             if flags & 0x80 else b"")
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02" + draw(st.binary(max_size=300)) + b"\x00"
     return b"GIF89a" + struct.pack("<HHBBB", width, height, flags, 0, 0) + table + frame + b"\x3b", width * height
 
@@ -185,7 +186,8 @@ def tiff_headers(draw):
                (279, 4, 1, len(pixels))]
     ifd_offset = 8 + len(pixels)
     ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        struct.pack("<HHI", tag, kind, count)
+        + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
         for tag, kind, count, value in entries) + b"\x00\x00\x00\x00"
     return b"II*\x00" + struct.pack("<I", ifd_offset) + pixels + ifd, width * height
 
@@ -327,7 +329,8 @@ def bodies(draw, real_png: bytes):
         return real_png
     if kind == "mutated png":
         data = bytearray(real_png)
-        for position, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=6)):
+        for position, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)),
+                                             max_size=6)):
             data[position] = value
         return bytes(data[: draw(st.integers(1, len(data)))])
     if kind == "json":
@@ -342,7 +345,8 @@ def bodies(draw, real_png: bytes):
         instance = draw(st.sampled_from([{"b64": base64.b64encode(real_png).decode()}, {"b64": "!!"}])
                         | json_values | st.lists(st.lists(st.integers(-5, 300), min_size=28, max_size=28),
                                                  min_size=28, max_size=28))
-        return json.dumps({draw(st.sampled_from(["instances", "inputs"])): draw(st.lists(st.just(instance), max_size=3))}).encode()
+        return json.dumps({draw(st.sampled_from(["instances", "inputs"])):
+                           draw(st.lists(st.just(instance), max_size=3))}).encode()
     filename = draw(st.text(max_size=300).map(lambda t: t.replace('"', "").replace("\r", "").replace("\n", "")))
     field = draw(st.sampled_from(["image", "image", "photo"]))
     content = draw(st.sampled_from([real_png, b""]) | st.binary(max_size=500))
@@ -368,10 +372,12 @@ def _check_response(response, method: str, path: str) -> None:
 
 
 @FEW
-@given(data=st.data(), method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
+@given(data=st.data(),
+       method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
        route=st.sampled_from(ROUTES), content_type=st.sampled_from(CONTENT_TYPES),
        top_k=st.none() | st.text(max_size=8))
-def test_generated_requests_never_get_a_5xx_and_errors_are_json(app, real_png, data, method, route, content_type, top_k):
+def test_generated_requests_never_get_a_5xx_and_errors_are_json(app, real_png, data, method, route, content_type,
+                                                                 top_k):
     body = data.draw(bodies(real_png))
     path = route + (f"?top_k={quote(top_k)}" if top_k is not None else "")
     headers = {"Content-Type": content_type} if content_type else {}
@@ -385,7 +391,8 @@ def test_generated_requests_never_get_a_5xx_and_errors_are_json(app, real_png, d
 def test_any_model_name_in_the_url_is_a_404_or_the_served_model(app, real_png, name, version, method, suffix):
     """Whatever the name (dots, slashes, NUL, unicode, percent escapes), it is compared with the served
     model's name and nothing else: a 404 for every other name, the model for its own."""
-    path = f"/v1/models/{quote(name, safe='')}" + (f"/versions/{quote(str(version), safe='')}" if version is not None else "")
+    path = f"/v1/models/{quote(name, safe='')}" + (f"/versions/{quote(str(version), safe='')}"
+                                                    if version is not None else "")
     path += suffix
     body = json.dumps({"instances": [{"b64": base64.b64encode(real_png).decode()}]}).encode()
     response = app.test_client().open(path, method=method, data=body, headers={"Content-Type": "application/json"})

@@ -47,7 +47,8 @@ expected-statuses = ["400", "404", "405", "413", "415"]
 """
 
 
-def run_schemathesis(base_url: str, folder: Path, max_examples: int = MAX_EXAMPLES, seed: int = SEED) -> tuple[int, dict, str]:
+def run_schemathesis(base_url: str, folder: Path, max_examples: int = MAX_EXAMPLES,
+                     seed: int = SEED) -> tuple[int, dict, str]:
     """`st run` with every check and phase but the stateful one; returns (exit code, JSON report, output)."""
     config = folder / "schemathesis.toml"
     config.write_text(CONFIG)

@@ -415,7 +415,8 @@ def test_metrics(client, images):
     assert 'method="other",status="405"}' in text
     assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert 'pocketcnn_requests_total{endpoint="/predict",method="POST",status="415"}' in text
-    for histogram in ("pocketcnn_decode_duration_ms", "pocketcnn_inference_duration_ms", "pocketcnn_request_duration_ms"):
+    for histogram in ("pocketcnn_decode_duration_ms", "pocketcnn_inference_duration_ms",
+                      "pocketcnn_request_duration_ms"):
         assert f'{histogram}_bucket{{' in text and 'le="0.5"' in text and 'le="1000.0"' in text, histogram
     assert f'pocketcnn_model_info{{format="{TINY_FORMAT}",name="fashion_mnist",version="1"}} 1.0' in text
     assert "pocketcnn_ready 1.0" in text
@@ -485,6 +486,7 @@ def test_gunicorn_refuses_to_start_with_a_bad_setting(tmp_path):
 
 def test_the_readme_lists_every_setting_with_its_default():
     from helpers import ROOT
+
     from serve.settings import markdown_table
 
     assert markdown_table() in (ROOT / "README.md").read_text(encoding="utf-8"), \

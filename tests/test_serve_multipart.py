@@ -98,7 +98,8 @@ def test_malformed_bodies_say_what_is_wrong(body, message):
         parse_multipart(body, b"b")
 
 
-@pytest.mark.parametrize("header", ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=é"])
+@pytest.mark.parametrize("header", ["multipart/form-data", "multipart/form-data; boundary=",
+                                    "multipart/form-data; boundary=é"])
 def test_a_content_type_without_a_usable_boundary_is_refused(header):
     with pytest.raises(MultipartError):
         boundary_of(header)

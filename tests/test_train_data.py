@@ -109,7 +109,8 @@ def test_folder_dataset_trains(photo_folder, tmp_path):
     from train.run import train
 
     root, _ = photo_folder
-    config = TrainConfig(dataset="folder", data_dir=str(root), image_size=32, color_mode="grayscale", validation_fraction=0.15,
+    config = TrainConfig(dataset="folder", data_dir=str(root), image_size=32, color_mode="grayscale",
+                         validation_fraction=0.15,
                          epochs=2, batch_size=16, filters=(8, 16), dense_units=32,
                          runs_dir=str(tmp_path), run_name="folder-run", train_sample_size=50)
     run_dir = train(config)
@@ -161,7 +162,8 @@ def test_missing_folder_and_missing_data_dir_are_clear_errors(tmp_path):
 
 def _cifar_batch(images: np.ndarray, labels) -> dict:
     rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    return {b"batch_label": b"test", b"labels": [int(v) for v in labels], b"data": rows, b"filenames": [b"x.png"] * len(images)}
+    return {b"batch_label": b"test", b"labels": [int(v) for v in labels], b"data": rows,
+            b"filenames": [b"x.png"] * len(images)}
 
 
 @pytest.fixture

@@ -22,24 +22,30 @@ COLOR_MODES = ("auto", "grayscale", "rgb")
 @dataclass
 class TrainConfig:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = _opt("fashion_mnist", "fashion_mnist (Debian's IDX files), folder (one sub-folder of photos per class) or cifar10 (python batches)", choices=DATASETS)
+    dataset: str = _opt("fashion_mnist", "fashion_mnist (Debian's IDX files), folder (one sub-folder of photos "
+                                         "per class) or cifar10 (python batches)", choices=DATASETS)
     data_dir: str = _opt("", "where the data is; default for fashion_mnist: /usr/share/datasets/fashion-mnist")
-    image_size: int = _opt(0, "square input size in pixels; 0 = the dataset's own (28 Fashion-MNIST, 32 CIFAR-10, 96 folder)")
+    image_size: int = _opt(0, "square input size in pixels; 0 = the dataset's own "
+                              "(28 Fashion-MNIST, 32 CIFAR-10, 96 folder)")
     color_mode: str = _opt("auto", "grayscale or rgb; auto = the dataset's own (folders: rgb)", choices=COLOR_MODES)
-    validation_fraction: float = _opt(0.1, "share of the training images held out for validation (folder: also for test)")
+    validation_fraction: float = _opt(0.1, "share of the training images held out for validation "
+                                           "(folder: also for test)")
     train_limit: int = _opt(0, "use only this many training images (0 = all); for quick runs and tests")
     test_limit: int = _opt(0, "use only this many test images (0 = all)")
     seed: int = _opt(1337, "seed for the data split, shuffling, initialisation and augmentation")
     # --- model ------------------------------------------------------------------------------
-    filters: tuple[int, ...] = _opt((32, 64, 128), "filters of each conv block (comma-separated); each block halves the resolution")
+    filters: tuple[int, ...] = _opt((32, 64, 128), "filters of each conv block (comma-separated); "
+                                                   "each block halves the resolution")
     convs_per_block: int = _opt(2, "3x3 conv + batch-norm + ReLU layers per block")
     dense_units: int = _opt(256, "units of the dense layer before the classifier (0 = none)")
     conv_dropout: float = _opt(0.25, "dropout after each conv block")
     dense_dropout: float = _opt(0.5, "dropout before the classifier")
     weight_decay: float = _opt(0.0, "L2 weight decay on conv and dense kernels (0 = off)")
     augment: bool = _opt(True, "random horizontal flip and shift during training (never at inference)")
-    base: str = _opt("none", "transfer-learning base instead of the conv blocks: mobilenetv2 (needs rgb, image-size >= 32)", choices=BASES)
-    base_weights: str = _opt("", "weights file for the base (e.g. mobilenet_v2 *_no_top.h5); empty = random initialisation")
+    base: str = _opt("none", "transfer-learning base instead of the conv blocks: mobilenetv2 "
+                             "(needs rgb, image-size >= 32)", choices=BASES)
+    base_weights: str = _opt("", "weights file for the base (e.g. mobilenet_v2 *_no_top.h5); "
+                                 "empty = random initialisation")
     fine_tune: bool = _opt(False, "train the base's weights too (default: frozen)")
     # --- optimisation -------------------------------------------------------------------------
     optimizer: str = _opt("adam", "adam, rmsprop, sgd (momentum 0.9, Nesterov) or nadam", choices=OPTIMIZERS)
@@ -51,19 +57,24 @@ class TrainConfig:
     # Measured: val_accuracy with patience 2 halves the rate twice in 18 epochs (93.3 % test); val_loss with
     # patience 1 decays it faster and peaks earlier, lower (92.9 % in 15 epochs). A cosine decay over 14
     # epochs (2e-3 to 1e-5) also peaks lower: 92.82 % test at epoch 13 (2026-11-26).
-    lr_schedule: str = _opt("plateau", "plateau: reduce the rate when validation stalls (below); cosine: decay it smoothly "
-                                       "from --learning-rate to --min-learning-rate over --epochs", choices=LR_SCHEDULES)
-    reduce_lr_monitor: str = _opt("val_accuracy", "validation metric whose plateau reduces the learning rate (val_accuracy or val_loss)")
+    lr_schedule: str = _opt("plateau", "plateau: reduce the rate when validation stalls (below); "
+                                       "cosine: decay it smoothly from --learning-rate to --min-learning-rate "
+                                       "over --epochs", choices=LR_SCHEDULES)
+    reduce_lr_monitor: str = _opt("val_accuracy", "validation metric whose plateau reduces the learning rate "
+                                                  "(val_accuracy or val_loss)")
     reduce_lr_patience: int = _opt(2, "reduce the learning rate after this many epochs without improvement")
     reduce_lr_factor: float = _opt(0.5, "factor applied by learning-rate reduction")
     min_learning_rate: float = _opt(1e-5, "learning rate never goes below this")
-    max_minutes: float = _opt(0.0, "stop after the epoch that would overrun this many minutes of training (0 = no limit)")
+    max_minutes: float = _opt(0.0, "stop after the epoch that would overrun this many minutes of training "
+                                   "(0 = no limit)")
     # --- infrastructure ----------------------------------------------------------------------
     # bfloat16 matmuls/convs are ~20 % faster on CPUs with AVX512-BF16 or AMX, and emulated (slow)
     # elsewhere: auto picks it only where the CPU has it. Weights stay float32 either way, and best.keras
     # is saved as a float32 model.
-    precision: str = _opt("auto", "mixed_bfloat16 where the CPU supports bfloat16 natively (auto), or float32", choices=PRECISIONS)
-    strategy: str = _opt("none", "tf.distribute strategy: mirrored (all local devices) or multi-worker (reads TF_CONFIG)", choices=STRATEGIES)
+    precision: str = _opt("auto", "mixed_bfloat16 where the CPU supports bfloat16 natively (auto), "
+                                  "or float32", choices=PRECISIONS)
+    strategy: str = _opt("none", "tf.distribute strategy: mirrored (all local devices) "
+                                 "or multi-worker (reads TF_CONFIG)", choices=STRATEGIES)
     tensorboard: bool = _opt(False, "write TensorBoard logs to <run>/tensorboard")
     runs_dir: str = _opt("runs", "where run folders are created")
     run_name: str = _opt("", "name of the run folder (default: <date>-<time>-<dataset>)")

@@ -88,7 +88,9 @@ def _find_idx(directory: Path, stem: str) -> Path:
     )
 
 
-def load_fashion_mnist(directory: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    directory: str | Path = FASHION_MNIST_DIR
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     directory = Path(directory or FASHION_MNIST_DIR)
     x_train = read_idx(_find_idx(directory, "train-images-idx3-ubyte"))[..., np.newaxis]
     y_train = read_idx(_find_idx(directory, "train-labels-idx1-ubyte")).astype(np.int64)
@@ -198,7 +200,8 @@ def load_image_folder(
             tqdm(pool.map(decode, all_files), total=len(all_files), desc="Reading images", unit="img",
                  disable=len(all_files) < 200)
         )
-    skipped = [str(path) for (_, path), result in zip(all_files, decoded, strict=True) if isinstance(result, ImageError)]
+    skipped = [str(path) for (_, path), result in zip(all_files, decoded, strict=True)
+               if isinstance(result, ImageError)]
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         log.warning("Skipped %d of %d files that are not readable images: %s", len(skipped), len(all_files), shown)
@@ -207,7 +210,8 @@ def load_image_folder(
     rng = np.random.default_rng(seed)
     parts = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for class_index, label in enumerate(labels):
-        images = [r for (lab, _), r in zip(all_files, decoded, strict=True) if lab == label and not isinstance(r, ImageError)]
+        images = [r for (lab, _), r in zip(all_files, decoded, strict=True)
+                  if lab == label and not isinstance(r, ImageError)]
         if len(images) == 0:
             raise DataError(f"Class '{label}' ({directory / label}) has no readable image.")
         if len(images) < MIN_IMAGES_PER_CLASS:

@@ -105,7 +105,8 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
     lr_resume = cb.ResumeState.from_history(history, initial_epoch, config.reduce_lr_monitor)
     if resuming:
         print(f"Resuming {run_dir} at epoch {initial_epoch + 1} of {config.epochs}"
-              + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})" if resume.best is not None else ""))
+              + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})"
+                 if resume.best is not None else ""))
     callbacks = [
         # Order matters: the backup is written before the history names the epoch as finished.
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
@@ -113,7 +114,8 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
         cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
         cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
         *([cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
-                                         config.min_learning_rate, lr_resume)] if config.lr_schedule == "plateau" else []),
+                                         config.min_learning_rate, lr_resume)]
+          if config.lr_schedule == "plateau" else []),
         cb.TimeBudget(config.max_minutes),
         *extra_callbacks,
     ]

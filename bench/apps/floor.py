@@ -7,7 +7,8 @@ else: no checks, no metrics, no ranking.
 Measured beside pocketcnn in the serving benchmark, its share of the ceiling is the most any service can
 reach with that photo (and that model): what pocketcnn loses below it is pocketcnn's own overhead.
 
-    POCKETCNN_FLOOR_MODEL=models/m/1/model_dynamic_range.tflite gunicorn -c python:serve.gunicorn_conf bench.apps.floor:app
+    POCKETCNN_FLOOR_MODEL=models/m/1/model_dynamic_range.tflite \\
+        gunicorn -c python:serve.gunicorn_conf bench.apps.floor:app
 """
 
 import os
