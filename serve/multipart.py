@@ -5,6 +5,13 @@ expression that can start at any byte, so it reads uploads at roughly 130 MB/s h
 43 kB photo, as long as the JPEG decode of it, and some 30 ms for a 4 MB phone photo. bytes.find
 runs at memory speed. The body is already bounded by MAX_CONTENT_LENGTH when this runs.
 
+Why not the maintained `multipart` package (2.0.1, measured 2026-11-30 on this 2-core machine, the
+same bodies through both): its PushMultipartParser is faster on small uploads (0.012 vs 0.031 ms for a
+28x28 PNG) and as fast on a 4 MB one (0.90 vs 0.82 ms), but even with strict=False it refused 1,790 of the
+2,000 bodies the Werkzeug differential test below generates: a preamble before the first boundary, LF-only
+line breaks, spaces after a boundary, all of which RFC 2046 allows and Werkzeug reads. 0.02 ms per request
+is not worth refusing uploads Flask itself accepts.
+
 What is accepted, as Werkzeug does: a preamble before the first boundary and an epilogue after the
 last; CRLF, LF or CR line breaks; whitespace after a boundary; header parameters quoted or not, and
 RFC 5987 `filename*=UTF-8''...`. A part is a file when its Content-Disposition has a filename
