@@ -143,3 +143,53 @@ def test_the_image_command_serves_a_real_model_as_non_root_from_read_only_models
         server.terminate()
         server.wait(15)
         shutil.rmtree(models, ignore_errors=True)
+
+
+def other_pythons() -> list:
+    """Python 3.12 and 3.13 interpreters (pyenv's, or on PATH): the serving install must work on each."""
+    found = []
+    roots = [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"]
+    for minor in ("3.12", "3.13"):
+        candidates = sorted((p / "bin" / "python3" for root in roots for p in root.glob(f"{minor}.*")
+                             if (p / "bin" / "python3").exists()), reverse=True)
+        on_path = shutil.which(f"python{minor}")
+        python = str(candidates[0]) if candidates else on_path
+        found.append(pytest.param(python, id=f"python{minor}",
+                                  marks=() if python else pytest.mark.skip(reason=f"no Python {minor} here (pyenv)")))
+    return found
+
+
+@pytest.mark.parametrize("python", other_pythons())
+def test_the_serving_install_serves_a_real_model_on_other_pythons(python, published_version, real_png, tmp_path):
+    """requires-python says 3.11 to 3.13: on 3.12 and 3.13 the serving install (pinned by constraints.txt) must
+    install and serve the model exported on 3.11, with the same answer as here."""
+    from contract import decode_image, read_manifest
+    from contract.runtime import open_runner
+    from serve.testing import GunicornServer
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "constraints.txt", "README.md", "contract", "serve", "clients", "export", "train"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, source / name)
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", "constraints.txt", ".[serve]"],
+                             cwd=source, capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.version)"],
+                             capture_output=True, text=True).stdout
+    server = GunicornServer(published_version.parent.parent, python=str(venv / "bin" / "python"), cwd=tmp_path)
+    try:
+        server.start()
+        request = urllib.request.Request(server.url + "/predict", data=real_png, headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.stop()
+    manifest = read_manifest(published_version)
+    artifact = manifest["artifacts"][answer["model"]["format"]]
+    expected = open_runner(published_version / artifact["file"], artifact["runtime"]).predict(
+        decode_image(real_png, 28, 28, 1)[None])[0]
+    print(f"\nserving install on Python {version.split()[0]}: {answer['predictions'][0]}")
+    assert answer["predictions"][0]["index"] == int(expected.argmax())
+    assert answer["predictions"][0]["percent"] == pytest.approx(100 * expected.max() / expected.sum(), abs=0.011)
