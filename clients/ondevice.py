@@ -8,10 +8,13 @@ into an app project (or read it as the recipe for a Kotlin/Swift port). What it 
   2. Load one .tflite (default model_int8.tflite) and read the class names stored inside it (the
      flatbuffer's metadata entry "labels"); they must equal labels.txt and the manifest's labels.
   3. Decode the photo like the server does: first frame, EXIF orientation, transparency on white,
-     greyscale or RGB as the manifest's input color_mode says, centre crop to the input's aspect
-     ratio, bilinear resize to height x width. Raw 0-255 pixels: scaling is inside the model.
+     greyscale or RGB as the manifest's input color_mode says, then the model's input recipe (the
+     manifest's input.recipe: crop, pad, or product_photo, Fashion-MNIST's own: trim the background,
+     fit, centre, negate, grey). Raw 0-255 pixels: scaling is inside the model.
   4. Quantize the pixels with the scale and zero-point of the model's input tensor (checked against
      the manifest), invoke, dequantize the output, and map it to the labels as percentages.
+  5. Read the features the last layer used (an intermediate tensor) and score them with the bundle's
+     out-of-distribution detector (ood*.npz): "this doesn't look like anything the model was trained on".
 
     python -m clients.ondevice mobile_bundle.zip shoe.jpg [--model model_float32.tflite] [--json]
     python -m clients.ondevice mobile_bundle.zip --verify     # the on-device self-check
@@ -24,6 +27,7 @@ once after install or update, before trusting the model.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 DEFAULT_MODEL = "model_int8.tflite"
 LABELS_FILE = "labels.txt"
@@ -41,6 +45,15 @@ MANIFEST_FILE = "manifest.json"
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference/reference.json"
 LABELS_METADATA = "labels"  # name of the .tflite metadata entry that holds labels.txt
+
+# The input recipes, as contract/recipes.py defines them (this file's own copy: an app has no contract package).
+RESAMPLING = Image.Resampling.BILINEAR
+REDUCING_GAP = 3.0
+TRIM_MIN_CONTRAST = 0.05
+BORDER_SHARE = 0.05
+SPECK_SHARE = 0.004
+WORKING_SCALE = {"crop": 2, "pad": 2, "product_photo": 2}
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 BAR_WIDTH = 30
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -94,6 +107,13 @@ class Bundle:
     def input_size(self) -> tuple[int, int, int]:
         _, height, width, channels = self.manifest["input"]["shape"]
         return int(height), int(width), int(channels)
+
+    @property
+    def recipe(self) -> str:
+        """How a photo becomes the input (the manifest's input.recipe; manifests of schema /1 crop)."""
+        if self.manifest.get("schema") == "pocketcnn.manifest/1":
+            return "crop"
+        return str((self.manifest["input"].get("recipe") or {}).get("name", "crop"))
 
     @property
     def color_mode(self) -> str:
@@ -168,29 +188,39 @@ def read_embedded_labels(tflite: bytes) -> list[str] | None:
 # --- the photo -------------------------------------------------------------------------------------
 
 
-def decode_photo(source: str | Path | bytes, height: int, width: int, mode: str) -> np.ndarray:
-    """A photo -> (height, width, channels) uint8 pixels, by the same rules as the service."""
+def decode_photo(source: str | Path | bytes, height: int, width: int, mode: str, recipe: str = "crop",
+                 notes: dict | None = None) -> np.ndarray:
+    """A photo -> (height, width, channels) uint8 pixels, by the same rules as the service: first frame, EXIF
+    orientation, transparency on white, then the model's input recipe (crop, pad or product_photo). `notes`
+    receives what the recipe measured (product_photo: border_clutter, for the out-of-distribution score)."""
+    if recipe not in WORKING_SCALE:
+        raise BundleError(f"unknown input recipe {recipe!r} in the manifest (this client knows: "
+                          f"{', '.join(WORKING_SCALE)}); use a newer client")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
                            formats=PHOTO_FORMATS)
         image.seek(0)  # the first frame of an animated GIF/WebP or a multi-page TIFF
+        working = mode if recipe != "product_photo" or mode == "RGB" else (
+            "L" if image.mode in GREY_MODES else "RGB")
         if image.format in ("JPEG", "MPO"):
             # Let the JPEG decoder skip detail the model cannot see (as the service does): decode at the
             # smallest scale that keeps at least twice the model's size.
-            image.draft(mode, (2 * max(height, width),) * 2)
+            image.draft(working, (WORKING_SCALE[recipe] * max(height, width),) * 2)
         image.load()
     except FileNotFoundError:
         raise PhotoError(f"{source}: no such file") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types on bad bytes
         raise PhotoError(f"not a photo this client can read ({err})") from None
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # noqa: BLE001, S110 - malformed EXIF must not make a good picture unusable: keep it as stored
         pass
-    image = _to_mode(image, mode)
-    image = _crop_and_resize(image, height, width)
+    image = _to_mode(image, working)
     channels = 1 if mode == "L" else 3
-    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    if recipe == "product_photo":
+        return _product_photo(image, height, width, channels, notes)
+    fitted = _crop_and_resize(image, height, width) if recipe == "crop" else _pad(image, height, width)
+    return np.asarray(fitted, dtype=np.uint8).reshape(height, width, channels)
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -228,6 +258,169 @@ def _crop_and_resize(image: Image.Image, height: int, width: int) -> Image.Image
     return image.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
+def _fit_size(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    scale = min(width / size[0], height / size[1])
+    return max(1, min(width, round(size[0] * scale))), max(1, min(height, round(size[1] * scale)))
+
+
+def _pad(image: Image.Image, height: int, width: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = tuple(int(v) for v in np.median(border, axis=0).reshape(-1)) if pixels.ndim == 3 else \
+        int(np.median(border))
+    fitted = image.resize(_fit_size(image.size, height, width), RESAMPLING, reducing_gap=REDUCING_GAP)
+    canvas = Image.new(image.mode, (width, height), colour)
+    canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+    return canvas
+
+
+def _product_photo(image: Image.Image, height: int, width: int, channels: int,
+                   notes: dict | None = None) -> np.ndarray:
+    """Fashion-MNIST's own recipe, made robust to phone photos: see contract/recipes.py, of which this is a copy."""
+    notes = {} if notes is None else notes
+    notes["border_clutter"] = 0.0
+    if image.mode not in ("L", "RGB") or (channels == 3 and image.mode != "RGB"):
+        image = image.convert("RGB")
+    if image.size == (width, height):  # at the input's size it already is an input...
+        if channels == 3:
+            return np.asarray(image, dtype=np.uint8).reshape(height, width, 3)
+        pixels = np.asarray(image if image.mode == "L" else image.convert("L"))
+        if _border_median(pixels) < 128:  # ...when it is a light garment on black, as Fashion-MNIST's are
+            return pixels.reshape(height, width, 1)
+    # Work at two to four times the input's size: the trim needs no more (the JPEG decoder's own scaling
+    # usually delivered about that already; Pillow's reduce is a fast box filter for other formats).
+    factor = max(image.size) // (WORKING_SCALE["product_photo"] * max(height, width))
+    if factor >= 2:
+        image = image.reduce(factor)
+    rgb = np.asarray(image, dtype=np.float32)
+    if rgb.ndim == 2:
+        rgb = rgb[..., None]
+    background = _background(rgb)
+    light = float(np.median(_luma(background[_band(rgb.shape[:2])]))) >= 128
+    mask, strength, notes["border_clutter"] = _garment(rgb, background, light)
+    box = Image.fromarray(mask.view(np.uint8) * 255, "L").getbbox() or (0, 0, image.width, image.height)
+    if channels == 1:
+        crop = Image.fromarray(strength.astype(np.uint8), "L").crop(box)
+        fill: int | tuple[int, ...] = 0
+    else:  # colour models: the garment as photographed, framed the same way, on its own background colour
+        crop = image.crop(box)
+        fill = tuple(int(v) for v in np.median(background[_band(rgb.shape[:2])], axis=0).clip(0, 255).round())
+    fitted = crop.resize(_fit_size(crop.size, height, width), RESAMPLING, reducing_gap=REDUCING_GAP)
+    if light and channels == 1:  # the paper's sharpening (Gaussian, radius and sigma 1), on product photos
+        fitted = fitted.filter(ImageFilter.UnsharpMask(radius=1, percent=60, threshold=0))
+    canvas = Image.new("L" if channels == 1 else "RGB", (width, height), fill)
+    canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+    return np.asarray(canvas, dtype=np.uint8).reshape(height, width, channels)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    if rgb.shape[-1] == 1:
+        return rgb[..., 0]
+    return rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _border_median(pixels: np.ndarray) -> float:
+    return float(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
+
+
+@functools.lru_cache(maxsize=16)
+def _band(shape: tuple[int, int]) -> np.ndarray:
+    """The band along the four edges taken to show the background (a boolean mask, cached per size)."""
+    h, w = shape
+    b = max(1, int(round(BORDER_SHARE * min(h, w))))
+    band = np.zeros((h, w), dtype=bool)
+    band[:b], band[-b:], band[:, :b], band[:, -b:] = True, True, True, True
+    band.flags.writeable = False
+    return band
+
+
+@functools.lru_cache(maxsize=16)
+def _surface_basis(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For a picture of `shape`: the quadratic surface's terms (1, x, y, x^2, y^2, xy) at every pixel, and at
+    the band's pixels (cached: phones send the same size again and again)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = xx / max(w - 1, 1) - 0.5, yy / max(h - 1, 1) - 0.5
+    basis = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=-1)
+    return basis, basis[_band(shape)]
+
+
+def _background(rgb: np.ndarray) -> np.ndarray:
+    """A smooth surface per channel fitted to the border band, twice: the second fit leaves out the band
+    pixels the first explains worst (where the garment reaches the edge)."""
+    shape = rgb.shape[:2]
+    samples = rgb[_band(shape)]
+    if len(samples) < 12:  # a tiny picture: its median colour
+        return np.broadcast_to(np.median(rgb.reshape(-1, rgb.shape[-1]), axis=0), rgb.shape).astype(np.float32)
+    basis, design = _surface_basis(shape)
+    coefficients = np.linalg.lstsq(design, samples, rcond=None)[0]
+    residual = np.abs(design @ coefficients - samples).max(axis=1)
+    keep = residual <= max(3 * 1.4826 * float(np.median(residual)), 255 * TRIM_MIN_CONTRAST)
+    if 12 <= keep.sum() < len(keep):
+        coefficients = np.linalg.lstsq(design[keep], samples[keep], rcond=None)[0]
+    return basis @ coefficients.astype(np.float32)
+
+
+def _garment(rgb: np.ndarray, background: np.ndarray, light: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where the garment is (a boolean mask), how strongly each pixel shows it (0..255, 0 outside), and the share
+    of the border that is not background (near 0 for a product photo; most of it for a scene: contract/ood.py)."""
+    difference = np.abs(rgb - background).max(axis=-1)
+    band = difference[_band(rgb.shape[:2])]
+    clutter = float((band > 255 * TRIM_MIN_CONTRAST).mean())
+    low, middle, high = np.percentile(band, (25, 50, 75))
+    noise = (high - low) / 1.349  # the spread of the background's own texture and JPEG noise
+    threshold = max(255 * TRIM_MIN_CONTRAST, middle + 4 * noise, 0.5 * _otsu(difference))
+    mask = _without_specks(difference > threshold)
+    luma, base = _luma(rgb), np.maximum(_luma(background), 1.0)
+    if light:
+        strength = np.clip(1.0 - luma / base, 0.0, 1.0)  # negated, relative to the local light
+    else:
+        strength = np.clip((luma - base) / np.maximum(255.0 - base, 1.0), 0.0, 1.0)
+    # Inside the garment the strength itself (x 255); outside it 0; on its outline, between (a 3x3 box blur
+    # of the mask, tripled: a pixel with three of its nine neighbours in the garment keeps its full strength).
+    soft = np.asarray(Image.fromarray(mask.view(np.uint8) * 255, "L").filter(ImageFilter.BoxBlur(1)), np.float32)
+    return mask, strength * np.minimum(soft * 3.0, 255.0), clutter
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of `values` (0..255): the split that best separates two groups."""
+    histogram = np.bincount(np.minimum(values, 255).astype(np.int64).ravel(), minlength=256).astype(np.float64)
+    weight = np.cumsum(histogram)
+    mean = np.cumsum(histogram * np.arange(256))
+    between = (mean[-1] * weight - mean * weight[-1]) ** 2 / np.maximum(weight * (weight[-1] - weight), 1e-9)
+    return float(np.argmax(between[:-1]))
+
+
+def _without_specks(mask: np.ndarray) -> np.ndarray:
+    """The mask without specks: pixels with fewer than two neighbours go (noise, dust; a strap or a handle a
+    pixel wide stays, it is a line), then rows and columns far from the main mass (a mark beside the garment)."""
+    padded = np.pad(mask, 1).view(np.uint8)
+    h, w = mask.shape
+    neighbours = sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    mask = mask & (neighbours >= 3)
+    if not mask.any():
+        return mask
+    minimum = max(1, int(SPECK_SHARE * max(mask.shape)))
+    rows, cols = _main_run(mask.sum(axis=1) >= minimum), _main_run(mask.sum(axis=0) >= minimum)
+    return mask & rows[:, None] & cols[None, :]
+
+
+def _main_run(flags: np.ndarray) -> np.ndarray:
+    """The span of the largest group of set flags, where flags separated by gaps shorter than a tenth of the
+    length are one group (a sandal's straps are one garment)."""
+    indices = np.flatnonzero(flags)
+    if len(indices) == 0:
+        return flags
+    breaks = np.flatnonzero(np.diff(indices) > max(2, len(flags) // 10))
+    starts, ends = np.r_[0, breaks + 1], np.r_[breaks, len(indices) - 1]
+    best = int(np.argmax(indices[ends] - indices[starts]))
+    kept = np.zeros_like(flags)
+    kept[indices[starts[best]]: indices[ends[best]] + 1] = True
+    return kept
+
+
 # --- the model -------------------------------------------------------------------------------------
 
 
@@ -241,11 +434,18 @@ class Classifier:
         self.model_file = model_file
         self.key, self.artifact = bundle.artifact_for(model_file)
         self.model_bytes = bundle.read(model_file)
+        self.detector = Detector.from_bundle(bundle, self.artifact)
         try:
-            self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=threads)
+            # The detector reads the features, an intermediate tensor: LiteRT keeps those only when asked to.
+            self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=threads,
+                                           experimental_preserve_all_tensors=self.detector is not None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise BundleError(f"LiteRT cannot load {model_file}: {err}") from None
+        if self.detector is not None:
+            index = features_tensor(self.model_bytes)
+            details = next(t for t in self.interpreter.get_tensor_details() if t["index"] == index)
+            self.features = (index, _tensor_quantization(details))
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_quantization = _tensor_quantization(self.input)
@@ -269,9 +469,9 @@ class Classifier:
         if classes != len(self.labels):
             raise BundleError(f"{model_file} has {classes} outputs for {len(self.labels)} labels")
 
-    def decode(self, photo: str | Path | bytes) -> np.ndarray:
+    def decode(self, photo: str | Path | bytes, notes: dict | None = None) -> np.ndarray:
         height, width, _ = self.bundle.input_size
-        return decode_photo(photo, height, width, self.bundle.color_mode)
+        return decode_photo(photo, height, width, self.bundle.color_mode, self.bundle.recipe, notes)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(height, width, channels) uint8 pixels -> float32 probabilities, one per label."""
@@ -281,18 +481,96 @@ class Classifier:
         raw = self.interpreter.get_tensor(self.output["index"])[0]
         return _dequantize(raw, self.output_quantization)
 
-    def classify(self, photo: str | Path | bytes) -> list[dict]:
-        """Every label with its percentage, most likely first (ties: lower index first, like argmax)."""
-        probabilities = self.probabilities(self.decode(photo))
+    def ood_score(self, border_clutter: float = 0.0) -> float | None:
+        """The out-of-distribution score of the image the model last ran on (None without a detector)."""
+        if self.detector is None:
+            return None
+        index, quantization = self.features
+        features = _dequantize(self.interpreter.get_tensor(index).reshape(1, -1), quantization)
+        return self.detector.score(features, border_clutter if self.bundle.recipe == "product_photo" else None)
+
+    def classify(self, photo: str | Path | bytes) -> dict:
+        """Every label with its percentage, most likely first (ties: lower index first, like argmax), and whether
+        the photo looks like anything the model was trained on, as the service answers."""
+        notes: dict = {}
+        probabilities = self.probabilities(self.decode(photo, notes))
+        score = self.ood_score(notes.get("border_clutter", 0.0))
         total = float(probabilities.sum())
         # int8 outputs come in steps of 1/256 and need not add up to exactly 1: show shares of the total.
         shares = probabilities / total if total > 0 else probabilities
         order = sorted(range(len(shares)), key=lambda i: (-float(shares[i]), i))
-        return [{"label": self.labels[i], "index": i, "percent": round(float(shares[i]) * 100, 2)} for i in order]
+        return {"predictions": [{"label": self.labels[i], "index": i, "percent": round(float(shares[i]) * 100, 2)}
+                                for i in order],
+                "out_of_distribution": None if score is None else bool(score > 1.0),
+                "ood_score": None if score is None else round(score, 4)}
 
     def describe(self) -> dict:
         return {"name": self.bundle.manifest.get("name"), "version": self.bundle.manifest.get("version"),
                 "format": self.key, "file": self.model_file}
+
+
+# --- "this doesn't look like anything I was trained on" (a copy of contract/ood.py's scoring) ----------------
+
+BORDER_CLUTTER_LIMIT = 0.4
+
+
+@dataclass
+class Detector:
+    """The relative Mahalanobis distance of the features to the training data, on the file's validation scale."""
+
+    class_means: np.ndarray
+    class_factor: np.ndarray
+    global_mean: np.ndarray
+    global_factor: np.ndarray
+    center: float
+    threshold: float
+
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle", artifact: dict) -> "Detector | None":
+        entry = artifact.get("ood")
+        if not entry:
+            return None  # a bundle exported before the detector
+        data = bundle.read(entry["detector"])
+        if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"{entry['detector']} differs from the manifest's sha256: the detector was changed")
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            return cls(stored["class_means"], stored["class_factor"], stored["global_mean"], stored["global_factor"],
+                       float(entry["center"]), float(entry["threshold"]))
+
+    def score(self, features: np.ndarray, border_clutter: float | None = None) -> float:
+        features = features.astype(np.float32)
+        projected = features @ self.class_factor
+        means = self.class_means @ self.class_factor
+        to_class = ((projected[:, None, :] - means[None, :, :]) ** 2).sum(axis=-1).min(axis=1)
+        to_all = (((features - self.global_mean) @ self.global_factor) ** 2).sum(axis=-1)
+        score = float(((to_class - to_all) - self.center)[0] / (self.threshold - self.center))
+        if border_clutter is not None:
+            score = max(score, border_clutter / BORDER_CLUTTER_LIMIT)
+        return max(score, 0.0)
+
+
+def features_tensor(tflite: bytes) -> int:
+    """The features' tensor: the input of the FULLY_CONNECTED operator whose output the SOFTMAX reads."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(tflite, 0)
+    graph = model.Subgraphs(0)
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    producer, softmax_input = {}, None
+    for i in range(graph.OperatorsLength()):
+        operator = graph.Operators(i)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        kind = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        for output in operator.OutputsAsNumpy():
+            producer[int(output)] = (kind, operator)
+        if kind == "SOFTMAX":
+            softmax_input = int(operator.InputsAsNumpy()[0])
+    kind, operator = producer.get(softmax_input, (None, None))
+    while kind in ("QUANTIZE", "DEQUANTIZE", "RESHAPE"):
+        kind, operator = producer.get(int(operator.InputsAsNumpy()[0]), (None, None))
+    if kind != "FULLY_CONNECTED":
+        raise BundleError("the .tflite file has no softmax after a fully connected layer: no features to read")
+    return int(operator.InputsAsNumpy()[0])
 
 
 def _tensor_quantization(details: dict) -> dict | None:
@@ -403,9 +681,15 @@ def bar(percent: float, width: int = BAR_WIDTH) -> str:
     return "█" * full + (_EIGHTHS[rest] if rest else "")
 
 
-def format_predictions(photo: str, model: dict, predictions: list[dict]) -> str:
+NOT_KNOWN = "This doesn't look like anything the model was trained on"
+
+
+def format_answer(photo: str, model: dict, answer: dict) -> str:
+    predictions = answer["predictions"]
     width = max(len(p["label"]) for p in predictions)
     lines = [f"{photo}: {model['name']} v{model['version']} ({model['format']}, on device)"]
+    if answer.get("out_of_distribution"):
+        lines.append(f"  {NOT_KNOWN} (score {answer['ood_score']}; the percentages are what it would answer)")
     lines += [f"  {p['label']:<{width}}  {p['percent']:6.2f} %  {bar(p['percent'])}".rstrip() for p in predictions]
     return "\n".join(lines)
 
@@ -473,16 +757,15 @@ def _classify(bundle: Bundle, args) -> int:
     unreadable = 0
     for index, photo in enumerate(args.photos):
         try:
-            predictions = classifier.classify(photo)
+            answer = classifier.classify(photo)
         except PhotoError as err:
             print(f"{photo}: {err}", file=sys.stderr)
             unreadable += 1
             continue
         if args.json:
-            print(json.dumps({"photo": photo, "model": classifier.describe(), "predictions": predictions},
-                             ensure_ascii=False))
+            print(json.dumps({"photo": photo, "model": classifier.describe(), **answer}, ensure_ascii=False))
         else:
-            print(("\n" if index else "") + format_predictions(photo, classifier.describe(), predictions))
+            print(("\n" if index else "") + format_answer(photo, classifier.describe(), answer))
     return 1 if unreadable else 0
 
 

@@ -255,6 +255,9 @@ def bar(percent: float, width: int = BAR_WIDTH) -> str:
     return "█" * full + (_EIGHTHS[rest] if rest else "")
 
 
+NOT_KNOWN = "This doesn't look like anything the model was trained on"
+
+
 def format_answer(photo: str, answer: dict) -> str:
     """A readable table of one answer: label, percentage and bar, most likely first."""
     model = answer.get("model") or {}
@@ -265,6 +268,8 @@ def format_answer(photo: str, answer: dict) -> str:
         title += f", {total_ms:.1f} ms"
     width = max((len(str(p["label"])) for p in predictions), default=5)
     lines = [title]
+    if answer.get("out_of_distribution"):
+        lines.append(f"  {NOT_KNOWN} (score {answer.get('ood_score')}; the percentages are what it would answer)")
     for prediction in predictions:
         percent = float(prediction["percent"])
         lines.append(f"  {str(prediction['label']):<{width}}  {percent:6.2f} %  {bar(percent)}".rstrip())

@@ -16,13 +16,17 @@ from contract.manifest import (
     ManifestError,
     ModelRepository,
     ModelVersion,
+    input_recipe,
     input_size,
     is_valid_model_name,
     read_manifest,
 )
+from contract.recipes import InputRecipe, apply_recipe
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "InputRecipe",
+    "apply_recipe",
     "SUPPORTED_FORMATS",
     "ImageError",
     "ImageTooLarge",
@@ -32,6 +36,7 @@ __all__ = [
     "ManifestError",
     "ModelRepository",
     "ModelVersion",
+    "input_recipe",
     "input_size",
     "is_valid_model_name",
     "read_manifest",

@@ -14,6 +14,11 @@ RUNTIME_CONTAINER = {"litert": "tflite", "onnxruntime": "onnx", "tensorflow": "s
 SERVING_RUNTIMES = ("litert", "onnxruntime")  # what the serving install has (no TensorFlow)
 
 
+def source_name(source: str) -> str:
+    """A source model in words: keras, or "qat fine-tuned model"..."""
+    return "keras" if source == "keras" else f"{source} fine-tuned model"
+
+
 def reference_key(source: str) -> str:
     """Where reference/reference.json keeps the outputs of a source model: keras, qat_fine_tuned, ..."""
     return "keras" if source == "keras" else f"{source}_fine_tuned"
@@ -51,7 +56,7 @@ class Format:
     @property
     def compared_with(self) -> str:
         """The model this file's agreement is measured against, in words (the manifest's compared_with)."""
-        return "keras" if self.source == "keras" else f"{self.source} fine-tuned model"
+        return source_name(self.source)
 
 
 FORMATS: dict[str, Format] = {f.key: f for f in (

@@ -28,6 +28,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from contract.recipes import InputRecipe
+
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
 # Formats Pillow may use to open untrusted bytes. A short list keeps rarely used decoders
@@ -70,12 +72,17 @@ def decode_image(
     width: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    recipe=None,
+    notes: dict | None = None,
 ) -> np.ndarray:
-    """Decode `source` (bytes, a path or a binary file) into a (height, width, channels) uint8 array.
+    """Decode `source` (bytes, a path or a binary file) into a (height, width, channels) uint8 array, through
+    the input recipe `recipe` (a manifest's input.recipe record, a name, or None for `crop`). `notes`, if given,
+    receives what the recipe measured (product_photo: `border_clutter`, for the out-of-distribution score).
 
     Raises ImageError (or its subclass ImageTooLarge) for anything that cannot be decoded;
     never anything else for bad bytes.
     """
+    recipe = InputRecipe.parse(recipe)
     mode = color_mode_for(channels)
     opened = _open(source, max_pixels)
     image = opened
@@ -88,11 +95,12 @@ def decode_image(
                 f"The image is {image_width}x{image_height} = {image_width * image_height:,} pixels; "
                 f"the limit is {max_pixels:,}. Send a smaller photo."
             )
+        working_mode = recipe.working_mode(image.mode, mode)
         if image.format in ("JPEG", "MPO"):
             # Ask libjpeg for the smallest DCT scale that still leaves at least twice the model's
             # size in both directions (square request, so EXIF rotation cannot shrink it).
-            side = 2 * max(height, width)
-            image.draft(mode, (side, side))
+            side = recipe.draft_side(height, width)
+            image.draft(working_mode, (side, side))
         try:
             image.load()
         except Image.DecompressionBombError:
@@ -100,8 +108,8 @@ def decode_image(
         except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types on bad bytes
             raise ImageError(f"The image data is damaged or truncated ({err}).") from None
         image = _apply_exif_orientation(image)
-        image = _to_mode(image, mode)
-        return _crop_and_resize(image, height, width, channels)
+        image = _to_mode(image, working_mode)
+        return recipe.apply(image, height, width, channels, notes)
     finally:
         opened.close()
 
@@ -167,20 +175,3 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
     if mode == "L" and image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")  # CMYK, palette, YCbCr, LAB... go through RGB first
     return image.convert(mode)
-
-
-def _crop_and_resize(image: Image.Image, height: int, width: int, channels: int) -> np.ndarray:
-    image_width, image_height = image.size
-    if (image_width, image_height) != (width, height):
-        target_ratio = width / height
-        if image_width / image_height > target_ratio:  # too wide: crop the sides
-            crop_width = image_height * target_ratio
-            left = (image_width - crop_width) / 2
-            box = (left, 0.0, left + crop_width, float(image_height))
-        else:  # too tall: crop top and bottom
-            crop_height = image_width / target_ratio
-            top = (image_height - crop_height) / 2
-            box = (0.0, top, float(image_width), top + crop_height)
-        image = image.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return pixels.reshape(height, width, channels)

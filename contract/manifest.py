@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.recipes import InputRecipe, RecipeError
+
 MANIFEST_FILE = "manifest.json"
-SCHEMA = "pocketcnn.manifest/1"
+SCHEMA = "pocketcnn.manifest/2"
+# /1: before input recipes (every /1 model crops the centre of a photo, which is what `crop` does), calibration
+# and the out-of-distribution detector. Versions published with it keep being served.
+SCHEMAS = ("pocketcnn.manifest/1", SCHEMA)
 # Model names appear in URLs and become directory names: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,17}$")
@@ -48,8 +53,13 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
     for key, kind in _REQUIRED.items():
         if not isinstance(manifest.get(key), kind):
             raise ManifestError(f"{where}: field '{key}' is missing or not a {kind.__name__}")
-    if manifest["schema"] != SCHEMA:
-        raise ManifestError(f"{where}: schema is {manifest['schema']!r}, this reader knows {SCHEMA!r}")
+    if manifest["schema"] not in SCHEMAS:
+        raise ManifestError(f"{where}: schema is {manifest['schema']!r}, this reader knows {', '.join(SCHEMAS)}")
+    if manifest["schema"] == SCHEMA:
+        try:
+            InputRecipe.parse(manifest["input"].get("recipe"))
+        except RecipeError as err:
+            raise ManifestError(f"{where}: input.recipe: {err}") from None
     shape = manifest["input"].get("shape")
     if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[1:])):
         raise ManifestError(f"{where}: input.shape must be [batch, height, width, channels]")
@@ -71,6 +81,11 @@ def read_manifest(version_dir: str | Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: cannot be read ({err})") from None
     return validate_manifest(manifest, str(path))
+
+
+def input_recipe(manifest: dict) -> InputRecipe:
+    """How a photo becomes this model's input: the manifest's input.recipe (schema /1: crop)."""
+    return InputRecipe.parse(manifest["input"].get("recipe") if manifest["schema"] == SCHEMA else None)
 
 
 def input_size(manifest: dict) -> tuple[int, int, int]:

@@ -14,26 +14,40 @@ from pathlib import Path
 
 import numpy as np
 
+PROBABILITIES = "probabilities"
+FEATURES = "features"  # the activations the classifier's last layer reads: the out-of-distribution detector's input
+
 
 class RuntimeLoadError(RuntimeError):
     """The artifact cannot be loaded by its runtime (missing, damaged, or the runtime is not installed)."""
 
 
 class LiteRTRunner:
-    """One LiteRT interpreter. Interpreters are not thread-safe: calls are serialized by a lock."""
+    """One LiteRT interpreter. Interpreters are not thread-safe: calls are serialized by a lock.
+
+    With features=True it also reads the features: the input of the fully connected layer whose output the
+    softmax reads, an intermediate tensor of the file (the mobile files keep one output, as MediaPipe wants it).
+    LiteRT keeps intermediate tensors readable only with experimental_preserve_all_tensors, at the price of
+    not reusing their memory (a few hundred kB for these models)."""
 
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, features: bool = False):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
             raise RuntimeLoadError(f"LiteRT is not installed (pip install ai-edge-litert): {err}") from None
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                           experimental_preserve_all_tensors=features)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError, OSError) as err:
             raise RuntimeLoadError(f"LiteRT cannot load {path}: {err}") from None
+        self._features = None
+        if features:
+            index = tflite_features_tensor(Path(path).read_bytes())
+            details = next(t for t in self.interpreter.get_tensor_details() if t["index"] == index)
+            self._features = (index, _quantization(details))
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.input_dtype = np.dtype(self._input["dtype"])
@@ -58,6 +72,22 @@ class LiteRTRunner:
                 results.append(self.interpreter.get_tensor(output_index)[0])  # get_tensor returns a copy
         return dequantize(np.stack(results), self.output_quantization)
 
+    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._features is None:
+            raise RuntimeLoadError("this runner was opened without features=True")
+        inputs = quantize(images, self.input_dtype, self.input_quantization)
+        input_index, output_index = self._input["index"], self._output["index"]
+        feature_index, feature_quantization = self._features
+        probabilities, features = [], []
+        with self._lock:
+            for image in inputs:
+                self.interpreter.set_tensor(input_index, image[np.newaxis])
+                self.interpreter.invoke()
+                probabilities.append(self.interpreter.get_tensor(output_index)[0])
+                features.append(self.interpreter.get_tensor(feature_index).reshape(-1))
+        return (dequantize(np.stack(probabilities), self.output_quantization),
+                dequantize(np.stack(features), feature_quantization))
+
     def describe(self) -> dict:
         return {
             "input": _tensor_info(self._input, self.input_quantization),
@@ -66,9 +96,11 @@ class LiteRTRunner:
 
 
 class OnnxRunner:
+    """ONNX Runtime. The file's second output, when it has one, is the features (export writes it)."""
+
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, features: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -82,11 +114,20 @@ class OnnxRunner:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
             raise RuntimeLoadError(f"ONNX Runtime cannot load {path}: {err}") from None
         self._input = self.session.get_inputs()[0]
-        self._output = self.session.get_outputs()[0]
+        outputs = self.session.get_outputs()
+        self._output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
         self.input_shape = tuple(self._input.shape[1:])
+        names = [o.name for o in outputs]
+        if features and FEATURES not in names:
+            raise RuntimeLoadError(f"{path} has no '{FEATURES}' output (its outputs: {', '.join(names)})")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self._output.name], {self._input.name: images.astype(np.float32)})[0]
+
+    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, features = self.session.run([self._output.name, FEATURES],
+                                                   {self._input.name: images.astype(np.float32)})
+        return probabilities, features.reshape(len(images), -1)
 
     def describe(self) -> dict:
         return {
@@ -102,7 +143,7 @@ class SavedModelRunner:
 
     runtime = "tensorflow"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, features: bool = False):
         try:
             import tensorflow as tf
         except ImportError:
@@ -116,10 +157,17 @@ class SavedModelRunner:
         self.function = self.loaded.signatures["serving_default"]
         self.input_name = next(iter(self.function.structured_input_signature[1]))
         self.output_name = next(iter(self.function.structured_outputs))
+        if features and FEATURES not in self.loaded.signatures:
+            raise RuntimeLoadError(f"{path} has no '{FEATURES}' signature")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         out = self.function(**{self.input_name: self._tf.constant(images.astype(np.float32))})
         return out[self.output_name].numpy()
+
+    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tensor = self._tf.constant(images.astype(np.float32))
+        features = self.loaded.signatures[FEATURES](**{self.input_name: tensor})[FEATURES].numpy()
+        return self.predict(images), features.reshape(len(images), -1)
 
     def describe(self) -> dict:
         spec = self.function.structured_input_signature[1][self.input_name]
@@ -139,17 +187,43 @@ class SavedModelRunner:
         return ops
 
 
-def open_runner(path: str | Path, runtime: str, threads: int = 1):
+def open_runner(path: str | Path, runtime: str, threads: int = 1, features: bool = False):
+    """A runner for the file at `path`; with features=True it also has predict_with_features()."""
     path = Path(path)
     if not path.exists():
         raise RuntimeLoadError(f"{path} does not exist")
     if runtime == "litert":
-        return LiteRTRunner(path, threads)
+        return LiteRTRunner(path, threads, features)
     if runtime == "onnxruntime":
-        return OnnxRunner(path, threads)
+        return OnnxRunner(path, threads, features)
     if runtime == "tensorflow":
-        return SavedModelRunner(path)
+        return SavedModelRunner(path, features)
     raise RuntimeLoadError(f"unknown runtime '{runtime}' (litert, onnxruntime or tensorflow)")
+
+
+def tflite_features_tensor(flatbuffer: bytes) -> int:
+    """Index of the features tensor in a .tflite file: the input of the FULLY_CONNECTED operator whose output
+    the SOFTMAX reads (the classifier's last layer)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    graph = model.Subgraphs(0)
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    producer, softmax_input = {}, None
+    for i in range(graph.OperatorsLength()):
+        operator = graph.Operators(i)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        kind = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        for output in operator.OutputsAsNumpy():
+            producer[int(output)] = (kind, operator)
+        if kind == "SOFTMAX":
+            softmax_input = int(operator.InputsAsNumpy()[0])
+    kind, operator = producer.get(softmax_input, (None, None))
+    while kind in ("QUANTIZE", "DEQUANTIZE", "RESHAPE"):  # int8 files may requantize before the softmax
+        kind, operator = producer.get(int(operator.InputsAsNumpy()[0]), (None, None))
+    if kind != "FULLY_CONNECTED":
+        raise RuntimeLoadError("the .tflite file has no softmax after a fully connected layer: no features to read")
+    return int(operator.InputsAsNumpy()[0])
 
 
 def quantize(images: np.ndarray, dtype: np.dtype, quantization: dict | None) -> np.ndarray:

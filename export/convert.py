@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.formats import FORMATS, Format
+from contract.runtime import FEATURES
 
 log = logging.getLogger("export")
 
@@ -61,16 +62,26 @@ def _human(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
+def with_features(model):
+    """The model with a second output: the features its last layer reads (the out-of-distribution detector's
+    input), from the same forward pass."""
+    import keras
+
+    return keras.Model(model.inputs, [model.outputs[0], model.layers[-1].input], name="pocketcnn_with_features")
+
+
 def serving_function(model, input_shape):
-    """The inference function every graph format is made from: raw pixels in, probabilities out,
-    training=False so that dropout and augmentation are off."""
+    """The server-side graph (ONNX): raw pixels in; probabilities and the features out, training=False so that
+    dropout and augmentation are off."""
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *input_shape], tf.float32, name=INPUT_NAME)
+    both = with_features(model)
 
     @tf.function(input_signature=[spec])
     def serve(image):
-        return {OUTPUT_NAME: model(image, training=False)}
+        probabilities, features = both(image, training=False)
+        return {OUTPUT_NAME: probabilities, FEATURES: features}
 
     return serve, spec
 
@@ -82,13 +93,15 @@ def export_savedmodel(ctx: ExportContext, path: Path | None = None) -> Path:
 
     path = path or ctx.path("savedmodel")
     model = ctx.model
+    both = with_features(model)
+    signature = [tf.TensorSpec([None, *ctx.input_shape], tf.float32, name=INPUT_NAME)]
     archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=lambda image: {OUTPUT_NAME: model(image, training=False)},
-        input_signature=[tf.TensorSpec([None, *ctx.input_shape], tf.float32, name=INPUT_NAME)],
-    )
+    archive.track(both)
+    # serving_default as TF Serving and the TFLite converter read it; `features` for the service's detector.
+    archive.add_endpoint(name="serving_default", fn=lambda image: {OUTPUT_NAME: model(image, training=False)},
+                         input_signature=signature)
+    archive.add_endpoint(name=FEATURES, fn=lambda image: {FEATURES: both(image, training=False)[1]},
+                         input_signature=signature)
     archive.write_out(str(path), verbose=False)
     return path
 
@@ -107,7 +120,9 @@ def _saved_model_for_conversion(ctx: ExportContext) -> Path:
 def _tflite_converter(ctx: ExportContext):
     import tensorflow as tf
 
-    return tf.lite.TFLiteConverter.from_saved_model(str(_saved_model_for_conversion(ctx)))
+    # serving_default only: the SavedModel's `features` signature is for the service, not for phones.
+    return tf.lite.TFLiteConverter.from_saved_model(str(_saved_model_for_conversion(ctx)),
+                                                    signature_keys=["serving_default"])
 
 
 def representative_dataset(images: np.ndarray):

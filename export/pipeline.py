@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import platform
@@ -14,16 +15,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from contract import decode_image, ood
 from contract import run_folder as rf
 from contract.files import atomic_write_json, sha256_file, storage_error, tree_sha256, tree_size
-from contract.formats import FORMATS, Format, reference_key
+from contract.formats import FORMATS, Format, reference_key, source_name
 from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
-from export import convert, publish, verify
+from contract.ood import Detector
+from contract.recipes import InputRecipe, recipe_for
+from export import calibration, convert, publish, verify
 from export.options import ExportOptions
 from export.tfmot_process import FineTuned, FineTuneInputs, fine_tune
 
 log = logging.getLogger("export")
 
+CALIBRATION_PLOT = "reliability_diagram.png"
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference/reference.json"
 BUNDLE_FILE = "mobile_bundle.zip"
@@ -37,6 +42,19 @@ class ExportInputError(ValueError):
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """What the manifest says about the model itself, beside its files."""
+
+    name: str
+    labels: list[str]
+    input_shape: tuple[int, int, int]
+    recipe: InputRecipe             # how a photo becomes the input (train's --input-recipe)
+    source: dict                    # the run and the model file it came from, and their accuracy
+    calibration: dict | None = None  # the temperature and the calibration error (see calibrate)
+    ood: dict | None = None          # the out-of-distribution detector (see export/ood.py)
+
+
+@dataclass(frozen=True)
 class ComparedModel:
     """A model exported files are compared with: best.keras, or a fine-tuned copy of it (QAT, pruning)."""
 
@@ -45,6 +63,29 @@ class ComparedModel:
     reference_probs: np.ndarray  # and on the reference images
     fine_tune: dict | None = None  # the fine-tune's report
     flatbuffer: bytes | None = None  # a fine-tuned model's .tflite, as the tfmot worker converted it
+    detector: Detector | None = None  # the out-of-distribution statistics of its features
+    test_flags: np.ndarray | None = None  # its own out-of-distribution flags on the test images
+    ood: dict | None = None      # its feature distances' scale and flag rates
+
+    @property
+    def detector_file(self) -> str:
+        return ood.DETECTOR_FILE if self.source == "keras" else ood.DETECTOR_FILE.replace(".npz", f"_{self.source}.npz")
+
+    def expected(self) -> verify.Expected:
+        return verify.Expected(source_name(self.source), self.test_probs, self.detector, self.test_flags)
+
+
+def compared_model(source: str, test_probs, reference_probs, features: dict, train_y, fine_tune=None,
+                   flatbuffer=None) -> ComparedModel:
+    """A source model with its out-of-distribution detector, fitted on its features of the training sample, and
+    its scale on the validation images. features: {"train", "validation", "test"} arrays."""
+    detector = Detector.fit(features["train"], train_y)
+    validation, test = detector.distance(features["validation"]), detector.distance(features["test"])
+    scale = ood.Scale.fit(validation)
+    test_flags = ood.scores(test, scale) > 1
+    summary = {**scale.as_dict(), "validation_flag_rate": float((ood.scores(validation, scale) > 1).mean()),
+               "test_flag_rate": float(test_flags.mean())}
+    return ComparedModel(source, test_probs, reference_probs, fine_tune, flatbuffer, detector, test_flags, summary)
 
 
 @dataclass
@@ -81,6 +122,84 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 512) -> np.ndarr
                            for i in range(0, len(images), batch)])
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """A (H, W, C) uint8 image as PNG (lossless: decode_image gives back the same pixels)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def classifier_layer(model):
+    """The model's last layer, which must be a Dense with softmax: temperature scaling divides its logits."""
+    import keras
+
+    last = model.layers[-1]
+    if not isinstance(last, keras.layers.Dense) or getattr(last.activation, "__name__", "") != "softmax":
+        raise ExportInputError(f"the model's last layer ({last.name}, {type(last).__name__}) is not a Dense layer "
+                               "with softmax; pocketcnn calibrates its percentages by dividing that layer's logits")
+    return last
+
+
+def keras_features(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """What the last (Dense, softmax) layer reads, in inference mode: the out-of-distribution detector's input."""
+    import keras
+
+    features = keras.Model(model.inputs, classifier_layer(model).input)
+    return np.concatenate([np.asarray(features(images[i:i + batch].astype(np.float32), training=False))
+                           .reshape(min(batch, len(images) - i), -1) for i in range(0, len(images), batch)])
+
+
+def keras_logits(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """The logits (the last Dense layer before its softmax), in inference mode."""
+    import keras
+
+    last = classifier_layer(model)
+    features = keras.Model(model.inputs, last.input)
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in last.get_weights())
+    return np.concatenate([np.asarray(features(images[i:i + batch].astype(np.float32), training=False)) @ kernel + bias
+                           for i in range(0, len(images), batch)])
+
+
+def with_temperature(model, temperature: float):
+    """A copy of `model` computing softmax(logits / temperature): the last layer's kernel and bias divided."""
+    import keras
+
+    calibrated = keras.models.clone_model(model)
+    calibrated.set_weights(model.get_weights())
+    last = classifier_layer(calibrated)
+    last.set_weights([np.asarray(w) / np.float32(temperature) for w in last.get_weights()])
+    return calibrated
+
+
+def calibrate(model, options: ExportOptions, validation: tuple, test: tuple, staging: Path):
+    """Temperature scaling fitted on the validation images (or fixed by --temperature), baked into a copy of the
+    model; the calibration error before and after on the test images, and the reliability diagram."""
+    (val_x, val_y), (test_x, test_y) = validation, test
+    logits_val, logits_test = keras_logits(model, val_x), keras_logits(model, test_x)
+    fitted = calibration.fit_temperature(logits_val, val_y)
+    temperature = options.temperature or fitted
+    calibrated = with_temperature(model, temperature)
+    before, after = calibration.softmax(logits_test), keras_probabilities(calibrated, test_x)
+    diagram = calibration.reliability_diagram(
+        {"before (T = 1)": (before, test_y), f"after (T = {temperature:.3f})": (after, test_y)},
+        staging / CALIBRATION_PLOT, f"Reliability on the held-out test images ({len(test_y):,})")
+    summary = {
+        "method": "temperature scaling (Guo et al. 2017): softmax(logits / T), T baked into the last Dense layer",
+        "temperature": round(float(temperature), 6),
+        "fitted_temperature": round(float(fitted), 6),
+        "fitted_on": f"{rf.VALIDATION_ARRAYS} ({len(val_y):,} validation images)",
+        "ece": {"before": calibration.expected_calibration_error(before, test_y),
+                "after": calibration.expected_calibration_error(after, test_y),
+                "measured_on": f"{rf.TEST_ARRAYS} ({len(test_y):,} held-out test images)",
+                "bins": calibration.ECE_BINS, "confidence": "top-1"},
+        "max_ece": options.max_ece,
+        "diagram": diagram.name,
+    }
+    log.info("Calibration: T = %.3f (fitted %.3f); ECE on the test images %.2f %% -> %.2f %%", temperature, fitted,
+             summary["ece"]["before"] * 100, summary["ece"]["after"] * 100)
+    return calibrated, after, summary
+
+
 def choose_references(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Indices of up to MAX_REFERENCES test images, one per class: the first one the model gets right
     with at least 90 % (else its most confident correct one). Confident examples keep int8 rounding
@@ -108,14 +227,21 @@ def export_run(options: ExportOptions) -> ExportResult:
     for required in (rf.BEST_MODEL, rf.LABELS, rf.TEST_ARRAYS, rf.TRAIN_SAMPLE_ARRAYS, rf.CONFIG):
         if not (run / required).is_file():
             raise ExportInputError(f"{run} is missing {required}; it is not a complete run folder.")
+    if not (run / rf.VALIDATION_ARRAYS).is_file():
+        raise ExportInputError(
+            f"{run} has no {rf.VALIDATION_ARRAYS}: export fits the temperature that calibrates the percentages "
+            "(and the out-of-distribution threshold) on the validation images, and runs trained before pocketcnn "
+            f"kept them lack it. Write it from the run's own seeded split with: python -m train --write-arrays {run}")
     config = rf.read_json(run / rf.CONFIG)
     name = options.name or str(config.get("dataset", "model"))
     if not is_valid_model_name(name):
         raise ExportInputError(f"'{name}' is not a valid model name (letters, digits, '_', '.', '-').")
     formats = options.selected_formats()
+    recipe = InputRecipe.parse(recipe_for(str(config.get("dataset", "")), config.get("input_recipe")))
     labels = rf.read_labels(run / rf.LABELS)
     test = np.load(run / rf.TEST_ARRAYS)
     sample = np.load(run / rf.TRAIN_SAMPLE_ARRAYS)
+    validation = np.load(run / rf.VALIDATION_ARRAYS)
     test_x, test_y = test["x"], test["y"]
     if options.test_limit:
         test_x, test_y = test_x[:options.test_limit], test_y[:options.test_limit]
@@ -124,12 +250,16 @@ def export_run(options: ExportOptions) -> ExportResult:
     staging = publish.open_staging(repository, name)  # fails early if the destination is not writable
     scratch = Path(tempfile.mkdtemp(prefix="pocketcnn-export-"))
     try:
-        model = load_model_safely(run / rf.BEST_MODEL)
-        input_shape = tuple(int(v) for v in model.input_shape[1:])
-        source_probs = keras_probabilities(model, test_x)
+        trained = load_model_safely(run / rf.BEST_MODEL)
+        input_shape = tuple(int(v) for v in trained.input_shape[1:])
+        # Every file is made from, and checked against, the calibrated model.
+        model, source_probs, calibration_summary = calibrate(
+            trained, options, (validation["x"], validation["y"]), (test_x, test_y), staging)
         source_accuracy = float((source_probs.argmax(axis=1) == test_y).mean())
         references = choose_references(source_probs, test_y, len(labels))
-        reference_x = test_x[references]
+        # The reference images as the service will see them: stored as PNG, decoded through the recipe.
+        reference_x = np.stack([decode_image(png_bytes(image), *input_shape, recipe=recipe)
+                                for image in test_x[references]])
         log.info("Source: %s, held-out accuracy %.2f %% on %d images", run / rf.BEST_MODEL,
                  source_accuracy * 100, len(test_x))
 
@@ -137,16 +267,22 @@ def export_run(options: ExportOptions) -> ExportResult:
         ctx = convert.ExportContext(model, staging, labels, input_shape, calibration=calibration,
                                     opset=options.opset, work_dir=scratch)
         fine_tune_inputs = FineTuneInputs(
-            train_x=sample["x"], train_y=sample["y"], calibration=calibration, test_x=test_x, reference_x=reference_x,
+            train_x=sample["x"], train_y=sample["y"], calibration=calibration, val_x=validation["x"],
+            val_y=validation["y"], test_x=test_x, reference_x=reference_x,
             epochs={"qat": options.qat_epochs, "prune": options.prune_epochs},
             learning_rates={"qat": options.qat_learning_rate, "prune": options.prune_learning_rate},
             sparsity=options.prune_sparsity, seed=int(config.get("seed", 1337)))
-        compared = {"keras": ComparedModel("keras", source_probs, source_probs[references])}
+        features = {"train": keras_features(model, sample["x"]), "validation": keras_features(model, validation["x"]),
+                    "test": keras_features(model, test_x)}
+        compared = {"keras": compared_model("keras", source_probs, keras_probabilities(model, reference_x),
+                                            features, sample["y"])}
+        log.info("Out-of-distribution detector: %.1f %% of the validation and %.1f %% of the test images flagged",
+                 compared["keras"].ood["validation_flag_rate"] * 100, compared["keras"].ood["test_flag_rate"] * 100)
+        held = verify.HeldOut(test_x, test_y, validation["x"], reference_x, source_accuracy)
         verdicts = []
         for step, fmt in enumerate(formats, start=1):
             log.info("[%d/%d] %s", step, len(formats), fmt.key)
-            verdicts.append(convert_and_verify(fmt, ctx, options, compared, fine_tune_inputs, test_x, test_y,
-                                               source_accuracy, reference_x))
+            verdicts.append(convert_and_verify(fmt, ctx, options, compared, fine_tune_inputs, held))
         table = format_table(verdicts, staging, source_accuracy)
         passed = all(v.status == "passed" for v in verdicts)
         if not passed:
@@ -161,8 +297,10 @@ def export_run(options: ExportOptions) -> ExportResult:
             "test_images": int(len(test_x)),
             "training": {k: config.get(k) for k in ("dataset", "epochs", "seed", "filters", "optimizer")},
         }
-        published = publish_version(repository, name, staging, labels, input_shape, source, verdicts, compared,
-                                    options, reference_x, test_y[references], table)
+        card = ModelCard(name, labels, input_shape, recipe, source, calibration_summary,
+                         ood_summary(recipe, compared))
+        published = publish_version(repository, staging, card, verdicts, compared, options, reference_x,
+                                    test_y[references], table)
         return ExportResult(published, verdicts, table, name, source_accuracy)
     except BaseException as err:
         publish.discard(staging)
@@ -176,23 +314,26 @@ def export_run(options: ExportOptions) -> ExportResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def publish_version(repository: ModelRepository, name: str, staging: Path, labels: list[str], input_shape,
-                    source: dict, verdicts: list[verify.Verdict], compared: dict[str, ComparedModel],
-                    options: ExportOptions, reference_x: np.ndarray, reference_y: np.ndarray, table: str) -> Path:
+def publish_version(repository: ModelRepository, staging: Path, card: ModelCard, verdicts: list[verify.Verdict],
+                    compared: dict[str, ComparedModel], options: ExportOptions, reference_x: np.ndarray,
+                    reference_y: np.ndarray, table: str) -> Path:
     """Complete the staged version whose files all passed (labels, reference samples, table, manifest, mobile
-    bundle) and rename it into place as the next version of `name`."""
+    bundle) and rename it into place as the next version of `card.name`."""
+    name, labels = card.name, card.labels
     (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    for model in compared.values():
+        model.detector.save(staging / model.detector_file)
     reference_doc = write_references(staging, reference_x, reference_y, labels, verdicts, compared, options)
     (staging / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
 
     def write_manifest(version: int) -> None:
-        manifest = build_manifest(name, version, labels, input_shape, source, verdicts, staging, options,
-                                  reference_doc, compared)
+        manifest = build_manifest(card, version, verdicts, staging, options, reference_doc, compared)
         atomic_write_json(staging / "manifest.json", manifest)
         bundle_members = {LABELS_FILE: staging / LABELS_FILE, "manifest.json": staging / "manifest.json"}
         bundle_members.update({f"{REFERENCE_DIR}/{p.name}": p for p in (staging / REFERENCE_DIR).iterdir()})
         bundle_members.update({FORMATS[v.key].file: staging / FORMATS[v.key].file
                                for v in verdicts if FORMATS[v.key].is_tflite})
+        bundle_members.update({m.detector_file: staging / m.detector_file for m in compared.values()})
         publish.write_zip(staging / BUNDLE_FILE, bundle_members)
 
     return publish.publish(staging, repository, name, write_manifest)
@@ -205,16 +346,16 @@ def convert_file(fmt: Format, ctx: convert.ExportContext, compared: dict[str, Co
     if fmt.source == "keras":
         return convert.EXPORTERS[fmt.key](ctx)
     if fmt.source not in compared:
-        tuned: FineTuned = fine_tune(fmt.source, ctx.model, ctx.input_shape, inputs,
-                                     ctx.work_dir / f"tfmot_{fmt.source}")
-        compared[fmt.source] = ComparedModel(fmt.source, tuned.test_probs, tuned.reference_probs, tuned.report,
-                                             tuned.flatbuffer)
+        work = ctx.work_dir / f"tfmot_{fmt.source}"
+        tuned: FineTuned = fine_tune(fmt.source, ctx.model, ctx.input_shape, inputs, work)
+        compared[fmt.source] = compared_model(fmt.source, tuned.test_probs, tuned.reference_probs, tuned.features,
+                                              inputs.train_y, tuned.report, tuned.flatbuffer)
     return convert.export_fine_tuned(ctx, fmt, compared[fmt.source].flatbuffer)
 
 
 def convert_and_verify(fmt: Format, ctx: convert.ExportContext, options: ExportOptions,
-                       compared: dict[str, ComparedModel], inputs: FineTuneInputs, test_x, test_y, source_accuracy,
-                       reference_x) -> verify.Verdict:
+                       compared: dict[str, ComparedModel], inputs: FineTuneInputs,
+                       held: verify.HeldOut) -> verify.Verdict:
     try:
         path = convert_file(fmt, ctx, compared, inputs)
     except Exception as err:  # noqa: BLE001 - a converter crash is a failed gate, reported with the rest
@@ -222,19 +363,38 @@ def convert_and_verify(fmt: Format, ctx: convert.ExportContext, options: ExportO
             raise  # not the model's fault: a full or read-only disk is reported as such by export_run
         log.error("%s: conversion failed: %s", fmt.key, err)
         verdict = verify.Verdict(fmt.key, status="error")
-        verdict.failures.append("conversion failed: "
-                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        verdict.failures.append(f"conversion failed: {message}")
         return verdict
-    # A file from a fine-tuned model is measured against that model, while the accuracy gate still compares
-    # with the original best.keras.
+    # A file from a fine-tuned model is measured against that model (and its detector), while the accuracy gate
+    # still compares with the original best.keras.
     try:
-        return verify.verify(fmt, path, options.gates_for(fmt.family), test_x, test_y,
-                             compared[fmt.source].test_probs, source_accuracy, reference_x, source=fmt.compared_with)
+        return verify.verify(fmt, path, options.gates_for(fmt.family), held, compared[fmt.source].expected())
     except Exception as err:  # noqa: BLE001 - a file its runtime cannot run fails its gate
         log.error("%s: verification failed: %s", fmt.key, err)
         verdict = verify.Verdict(fmt.key, status="error")
         verdict.failures.append(f"{fmt.runtime} could not run the file: {err}")
         return verdict
+
+
+def ood_summary(recipe: InputRecipe, compared: dict[str, ComparedModel]) -> dict:
+    """The manifest's out-of-distribution section."""
+    keras_model = compared["keras"]
+    return {
+        "method": "relative Mahalanobis distance of the features the last layer reads (Ren et al. 2021), to the "
+                  "training sample's class means under a shared covariance, minus to their overall mean; scaled "
+                  "so the validation images' median is 0 and their 95th percentile 1"
+                  + ("; or, if larger, the share of the photo's border that is not background over "
+                     f"{ood.BORDER_CLUTTER_LIMIT} (product_photo: no plain background, no product photo)"
+                     if recipe.name == "product_photo" else ""),
+        "threshold": 1.0,
+        "quantile": ood.QUANTILE,
+        "border_clutter_limit": ood.BORDER_CLUTTER_LIMIT if recipe.name == "product_photo" else None,
+        "detectors": {source: model.detector_file for source, model in compared.items()},
+        "fitted_on": f"{rf.TRAIN_SAMPLE_ARRAYS} (statistics), {rf.VALIDATION_ARRAYS} (scale)",
+        "validation_flag_rate": keras_model.ood["validation_flag_rate"],
+        "test_flag_rate": keras_model.ood["test_flag_rate"],
+    }
 
 
 def reference_tolerance(verdict: verify.Verdict, fmt: Format, options: ExportOptions) -> float:
@@ -255,13 +415,16 @@ def write_references(staging: Path, reference_x, reference_y, labels, verdicts, 
     samples = []
     for index, (image, label) in enumerate(zip(reference_x, reference_y, strict=True)):
         file = f"sample_{index:02d}.png"
-        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(folder / file, format="PNG")
+        (folder / file).write_bytes(png_bytes(image))
         samples.append({"file": file, "label": labels[int(label)], "label_index": int(label)})
     expected = {reference_key(source): model.reference_probs for source, model in compared.items()}
     observed = {v.key: v.reference_outputs for v in verdicts if v.reference_outputs is not None}
+    scored = {v.key: v.reference_ood for v in verdicts if v.reference_ood is not None}
     for position, sample in enumerate(samples):
         sample["expected"] = {k: [round(float(p), 7) for p in v[position]] for k, v in expected.items()}
         sample["observed_at_export"] = {k: [round(float(p), 7) for p in v[position]] for k, v in observed.items()}
+        if scored:
+            sample["ood_score_at_export"] = {k: round(float(v[position]), 6) for k, v in scored.items()}
     document = {
         "about": "Reference inputs with the outputs of the Keras model at training=False (and of fine-tuned "
                  "models for QAT/pruned files). A runtime must reproduce them within the artifact's tolerance "
@@ -274,9 +437,8 @@ def write_references(staging: Path, reference_x, reference_y, labels, verdicts, 
     return document
 
 
-def build_manifest(name: str, version: int, labels: list[str], input_shape, source: dict,
-                   verdicts: list[verify.Verdict], staging: Path, options: ExportOptions, reference_doc: dict,
-                   compared: dict[str, ComparedModel]) -> dict:
+def build_manifest(card: ModelCard, version: int, verdicts: list[verify.Verdict], staging: Path,
+                   options: ExportOptions, reference_doc: dict, compared: dict[str, ComparedModel]) -> dict:
     artifacts = {}
     for verdict in verdicts:
         fmt = FORMATS[verdict.key]
@@ -297,6 +459,7 @@ def build_manifest(name: str, version: int, labels: list[str], input_shape, sour
             "ties": verdict.ties,
             "max_abs_diff": verdict.max_abs_diff,
             "latency_ms": verdict.latency_ms,
+            "ece": verdict.ece,
             "compared_with": verdict.source,
             "gates": options.gates_for(fmt.family),
             "status": verdict.status,
@@ -315,22 +478,26 @@ def build_manifest(name: str, version: int, labels: list[str], input_shape, sour
             entry["labels_embedded"] = convert.LABELS_METADATA
         if fmt.source != "keras":
             entry["fine_tune"] = compared[fmt.source].fine_tune or {}
+        if verdict.ood:
+            detector = compared[fmt.source].detector_file
+            entry["ood"] = {**verdict.ood, "detector": detector, "sha256": sha256_file(staging / detector)}
         artifacts[verdict.key] = entry
-    height, width, channels = input_shape
-    return {
+    height, width, channels = card.input_shape
+    manifest = {
         "schema": SCHEMA,
-        "name": name,
+        "name": card.name,
         "version": version,
-        "labels": labels,
+        "labels": card.labels,
         "input": {
             "name": convert.INPUT_NAME, "shape": [None, height, width, channels], "dtype": "uint8",
             "layout": "NHWC", "color_mode": "grayscale" if channels == 1 else "rgb", "range": [0, 255],
-            "preprocessing": "contract.decode_image: first frame, EXIF orientation, transparency on white, "
-                             "centre crop to the input's aspect ratio, bilinear resize; scaling is inside the model",
+            "recipe": card.recipe.as_manifest(),
+            "decoding": "contract.decode_image: first frame, EXIF orientation, transparency on white, then the "
+                        "input recipe (contract/recipes.py); raw 0-255 pixels, the scaling is inside the model",
         },
-        "output": {"name": convert.OUTPUT_NAME, "shape": [None, len(labels)], "dtype": "float32",
-                   "activation": "softmax"},
-        "source": source,
+        "output": {"name": convert.OUTPUT_NAME, "shape": [None, len(card.labels)], "dtype": "float32",
+                   "activation": "softmax (of the logits divided by the calibration temperature)"},
+        "source": card.source,
         "artifacts": artifacts,
         "reference": {"file": REFERENCE_FILE, "count": len(reference_doc["samples"])},
         "mobile_bundle": BUNDLE_FILE,
@@ -341,6 +508,11 @@ def build_manifest(name: str, version: int, labels: list[str], input_shape, sour
         },
         "exported_with": _versions(),
     }
+    if card.calibration is not None:
+        manifest["calibration"] = card.calibration
+    if card.ood is not None:
+        manifest["ood"] = card.ood
+    return manifest
 
 
 def _versions() -> dict:

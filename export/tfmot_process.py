@@ -31,6 +31,8 @@ class FineTuneInputs:
     train_x: np.ndarray        # the run's training sample (uint8 NHWC) and its labels
     train_y: np.ndarray
     calibration: np.ndarray    # int8 calibration images
+    val_x: np.ndarray          # the validation images: the fine-tuned model's temperature is fitted on them
+    val_y: np.ndarray
     test_x: np.ndarray         # the held-out images the result is checked on
     reference_x: np.ndarray    # the reference images recorded for the service's self-check
     epochs: dict               # mode -> epochs
@@ -47,7 +49,8 @@ class FineTuned:
     flatbuffer: bytes
     test_probs: np.ndarray
     reference_probs: np.ndarray
-    report: dict               # mode, images, epochs, learning rate (and the sparsity reached)
+    report: dict               # mode, images, epochs, learning rate, refitted temperature, sparsity reached
+    features: dict             # its features of the training sample (train), validation and test images
 
 
 def describe_layers(model) -> tuple[list[dict], list[np.ndarray]]:
@@ -101,7 +104,7 @@ def fine_tune(mode: str, model, input_shape: tuple[int, int, int], inputs: FineT
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     np.savez(work / "weights.npz", *weights)
     np.savez(work / "data.npz", train_x=inputs.train_x, train_y=inputs.train_y, calibration=inputs.calibration,
-             test_x=inputs.test_x, reference_x=inputs.reference_x)
+             val_x=inputs.val_x, val_y=inputs.val_y, test_x=inputs.test_x, reference_x=inputs.reference_x)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-m", "export.tfmot_worker", str(work)], env=env,
                             capture_output=True, text=True)
@@ -110,5 +113,6 @@ def fine_tune(mode: str, model, input_shape: tuple[int, int, int], inputs: FineT
         raise TfmotError(f"the tfmot {mode} worker failed (exit {result.returncode}):\n{tail}")
     with np.load(work / "outputs.npz") as outputs:
         test_probs, reference_probs = outputs["test_probs"], outputs["reference_probs"]
+        features = {part: outputs[f"{part}_features"] for part in ("train", "validation", "test")}
     return FineTuned(mode, (work / "model.tflite").read_bytes(), test_probs, reference_probs,
-                     json.loads((work / "report.json").read_text()))
+                     json.loads((work / "report.json").read_text()), features)

@@ -4,7 +4,12 @@
 
 Reads spec.json, weights.npz and data.npz written by tfmot_process.py; writes model.tflite (full
 integer, uint8 in and out), outputs.npz (the fine-tuned model's probabilities on the test and
-reference images) and report.json.
+reference images, and its features of the training sample, validation and test images, for its
+out-of-distribution detector) and report.json.
+
+The model it is given is already calibrated (its last layer divided by the temperature); fine-tuning moves
+its logits, so the temperature is fitted again on the validation images, on the fine-tuned model, and
+divided into its last layer before conversion, as export does for the model itself.
 
 The Rescaling layer (which tfmot rejects) is folded into the first convolution: conv(x * s) equals
 conv'(x) with the kernel multiplied by s, exactly, when the offset is zero. So the rebuilt model, and
@@ -102,6 +107,33 @@ def fold_batch_norm(values: list[np.ndarray], has_bias: bool, config: dict, norm
     return [kernel.astype(np.float32), ((bias - mean) * factor + beta).astype(np.float32)]
 
 
+def refit_temperature(model, val_x: np.ndarray, val_y: np.ndarray) -> float:
+    """Fit the temperature of the fine-tuned model's logits on the validation images and divide it into its
+    last (Dense, softmax) layer; returns it. Under QAT the layer sits in a quantize wrapper: its kernel and
+    bias are the wrapped layer's."""
+    from export.calibration import fit_temperature
+
+    last = model.layers[-1]
+    kernel, bias = (next(w for w in last.weights if w.name.split("/")[-1].startswith(name))
+                    for name in ("kernel", "bias"))
+    values = features_of(model, val_x).astype(np.float64)
+    temperature = fit_temperature(values @ kernel.numpy().astype(np.float64) + bias.numpy(), val_y)
+    kernel.assign((kernel.numpy() / temperature).astype(np.float32))
+    bias.assign((bias.numpy() / temperature).astype(np.float32))
+    return round(float(temperature), 6)
+
+
+def features_of(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """What the model's last layer reads (the layers before it, in order, at inference), for every image."""
+    parts = []
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].astype(np.float32)
+        for layer in model.layers[:-1]:
+            x = layer(x, training=False)
+        parts.append(np.asarray(x).reshape(len(x), -1))
+    return np.concatenate(parts)
+
+
 def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
@@ -149,6 +181,8 @@ def main(work_dir: str) -> int:
                    if isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense))]
         report["sparsity"] = float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
 
+    report["temperature"] = refit_temperature(model, data["val_x"], data["val_y"])
+
     def probabilities(images):
         return np.concatenate([model(images[i:i + 512].astype(np.float32), training=False).numpy()
                                for i in range(0, len(images), 512)])
@@ -162,7 +196,8 @@ def main(work_dir: str) -> int:
     converter.inference_output_type = tf.uint8
     (work / "model.tflite").write_bytes(converter.convert())
     np.savez(work / "outputs.npz", test_probs=probabilities(data["test_x"]),
-             reference_probs=probabilities(data["reference_x"]))
+             reference_probs=probabilities(data["reference_x"]), train_features=features_of(model, data["train_x"]),
+             validation_features=features_of(model, data["val_x"]), test_features=features_of(model, data["test_x"]))
     (work / "report.json").write_text(json.dumps(report, indent=1))
     return 0
 

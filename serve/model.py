@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from contract import decode_image, input_size, read_manifest
+from contract import DEFAULT_MAX_PIXELS, InputRecipe, decode_image, input_recipe, input_size, ood, read_manifest
 from contract.files import tree_sha256
 from contract.manifest import ManifestError, ModelRepository, ModelVersion, held_out_accuracy
 from contract.runtime import RuntimeLoadError, open_runner
 
 log = logging.getLogger("pocketcnn.serve")
+
+
+OOD_SCORE_TOLERANCE = 0.05  # out-of-distribution scores (threshold 1) the self-check allows off the recorded ones
 
 
 class ModelLoadError(RuntimeError):
@@ -49,8 +52,26 @@ class ServedModel:
     height: int
     width: int
     channels: int
+    recipe: InputRecipe = field(default_factory=InputRecipe)
+    detector: ood.Detector | None = None   # None for versions exported before the detector (schema /1)
+    ood_scale: ood.Scale | None = None     # this file's own scale of feature distances (from its validation images)
     self_check: dict = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
+
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, notes: dict | None = None) -> np.ndarray:
+        """A photo -> this model's input, through its input recipe (ImageError for anything else); `notes`
+        receives what the recipe measured (border_clutter, for the out-of-distribution score)."""
+        return decode_image(data, self.height, self.width, self.channels, max_pixels, recipe=self.recipe,
+                            notes=notes)
+
+    def classify(self, pixels: np.ndarray, border_clutter: list[float] | None = None):
+        """(N, H, W, C) uint8 -> probabilities (N, classes), and each image's out-of-distribution score (None
+        for a version without a detector)."""
+        if self.detector is None:
+            return self.runner.predict(pixels), None
+        probabilities, features = self.runner.predict_with_features(pixels)
+        clutter = border_clutter if self.recipe.name == "product_photo" else None
+        return probabilities, ood.scores(self.detector.distance(features), self.ood_scale, clutter)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, classes) float32 probabilities."""
@@ -82,18 +103,36 @@ def load_version(version: ModelVersion, fmt: str, self_check_runs: int = 5, thre
                              f"{artifact['sha256'][:12]}...): the file is damaged or was replaced")
     if artifact.get("checks", {}).get("no_random_ops") is not True:
         raise ModelLoadError(f"export did not confirm that {artifact['file']} is free of dropout/random ops")
+    detector, scale = load_detector(version.path, artifact)
     try:
-        runner = open_runner(path, artifact["runtime"], threads)
+        runner = open_runner(path, artifact["runtime"], threads, features=detector is not None)
     except RuntimeLoadError as err:
         raise ModelLoadError(str(err)) from None
     height, width, channels = input_size(manifest)
     model = ServedModel(manifest["name"], version.version, version.path, fmt, manifest, runner,
-                        list(manifest["labels"]), height, width, channels)
+                        list(manifest["labels"]), height, width, channels, input_recipe(manifest), detector, scale)
     model.self_check = self_check(model, artifact, self_check_runs)
     if not model.self_check["passed"]:
         raise ModelLoadError(f"self-check failed for {manifest['name']} v{version.version} ({fmt}): "
                              f"{model.self_check['reason']}")
     return model
+
+
+def load_detector(folder: Path, artifact: dict) -> tuple[ood.Detector | None, ood.Scale | None]:
+    """The out-of-distribution detector the manifest names for this artifact, and the artifact's scale (none
+    before schema /2); its file is checked against the manifest's sha256 like the model's."""
+    entry = artifact.get("ood")
+    if not entry:
+        return None, None
+    path = folder / entry["detector"]
+    if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+        raise ModelLoadError(f"the out-of-distribution detector {entry['detector']!r} is missing")
+    if entry.get("sha256") and tree_sha256(path) != entry["sha256"]:
+        raise ModelLoadError(f"{path} does not match its manifest: the detector is damaged or was replaced")
+    try:
+        return ood.load(path), ood.Scale(float(entry["center"]), float(entry["threshold"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise ModelLoadError(f"the out-of-distribution detector {path} cannot be read ({err})") from None
 
 
 def self_check(model: ServedModel, artifact: dict, runs: int) -> dict:
@@ -106,14 +145,19 @@ def self_check(model: ServedModel, artifact: dict, runs: int) -> dict:
         samples = reference["samples"]
         expected_key = reference["compare_with"][model.format]
         tolerance = float(reference["tolerance"][model.format])
-        pixels = np.stack([decode_image((reference_file.parent / s["file"]).read_bytes(),
-                                        model.height, model.width, model.channels) for s in samples])
+        pixels = np.stack([model.decode((reference_file.parent / s["file"]).read_bytes()) for s in samples])
         expected = np.asarray([s["expected"][expected_key] for s in samples], dtype=np.float32)
     except (OSError, KeyError, ValueError, TypeError) as err:
         result["reason"] = f"reference samples unreadable ({err})"
         return result
-    outputs = [model.predict(pixels) for _ in range(runs)]
+    runs_seen = [model.classify(pixels) for _ in range(runs)]
+    outputs = [probabilities for probabilities, _ in runs_seen]
     deterministic = all(np.array_equal(outputs[0], other) for other in outputs[1:])
+    if runs_seen[0][1] is not None:  # the detector: the same scores every run, and those export recorded
+        deterministic = deterministic and all(np.array_equal(runs_seen[0][1], s) for _, s in runs_seen[1:])
+        recorded = [s.get("ood_score_at_export", {}).get(model.format) for s in samples]
+        if None not in recorded:
+            result["ood_max_abs_diff"] = float(np.abs(runs_seen[0][1] - np.asarray(recorded)).max())
     difference = float(np.abs(outputs[0] - expected).max())
     top_matches = int((outputs[0].argmax(axis=1) == expected.argmax(axis=1)).sum())
     result.update({
@@ -127,6 +171,10 @@ def self_check(model: ServedModel, artifact: dict, runs: int) -> dict:
                             f"(tolerance {tolerance:.3g}): this is not the model that was exported")
     elif top_matches != len(samples):
         result["reason"] = f"top class differs on {len(samples) - top_matches} of {len(samples)} reference images"
+    elif result.get("ood_max_abs_diff", 0.0) > OOD_SCORE_TOLERANCE:
+        result["reason"] = (f"out-of-distribution scores differ from the ones recorded at export by "
+                            f"{result['ood_max_abs_diff']:.3g} (tolerance {OOD_SCORE_TOLERANCE}): features or "
+                            "detector are not the exported ones")
     else:
         result["passed"] = True
         result["reason"] = "ok"

@@ -162,12 +162,24 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
                 "index": {"type": "integer", "minimum": 0},
                 "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
             "Predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}, "minItems": 1},
+            "OutOfDistribution": {"type": "boolean", "nullable": True,
+                                  "description": "True when the photo does not look like anything the model was "
+                                                 "trained on (its ood_score is above 1); null for a model exported "
+                                                 "without a detector."},
+            "OodScore": {"type": "number", "minimum": 0, "nullable": True,
+                         "description": "How unlike the training data the photo is: 0 typical, above 1 flagged "
+                                        "(GET /model: the method, the threshold and the measured flag rates)."},
             "PredictResponse": {"type": "object", "required": ["model", "timing_ms"], "properties": {
                 "model": {"$ref": "#/components/schemas/ModelRef"},
                 "predictions": {"$ref": "#/components/schemas/Predictions"},
-                "results": {"type": "array", "items": {"type": "object", "required": ["predictions"], "properties": {
-                    "filename": {"type": "string", "nullable": True},
-                    "predictions": {"$ref": "#/components/schemas/Predictions"}}}},
+                "out_of_distribution": {"$ref": "#/components/schemas/OutOfDistribution"},
+                "ood_score": {"$ref": "#/components/schemas/OodScore"},
+                "results": {"type": "array", "items": {
+                    "type": "object", "required": ["predictions", "out_of_distribution", "ood_score"], "properties": {
+                        "filename": {"type": "string", "nullable": True},
+                        "predictions": {"$ref": "#/components/schemas/Predictions"},
+                        "out_of_distribution": {"$ref": "#/components/schemas/OutOfDistribution"},
+                        "ood_score": {"$ref": "#/components/schemas/OodScore"}}}},
                 "timing_ms": {"type": "object", "properties": {
                     "decode": {"type": "number"}, "inference": {"type": "number"}, "total": {"type": "number"}}}}},
             "TFServingRequest": {"type": "object", "anyOf": [{"required": ["instances"]}, {"required": ["inputs"]}],

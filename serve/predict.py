@@ -8,7 +8,7 @@ import time
 import numpy as np
 from flask import Blueprint, request
 
-from contract import ImageError, decode_image
+from contract import ImageError
 from serve.inputs import ApiError, Upload, parse_top_k, read_uploads
 from serve.model import ServedModel
 from serve.responses import json_response
@@ -34,16 +34,28 @@ def rank(probabilities, labels: list[str], top_k: int | None) -> list[dict]:
     return [{"label": labels[i], "index": i, "percent": floors[i] / 100} for i in order]
 
 
-def decode_uploads(uploads: list[Upload], model: ServedModel, max_pixels: int) -> np.ndarray:
+def decode_uploads(uploads: list[Upload], model: ServedModel, max_pixels: int) -> tuple[np.ndarray, list[float]]:
+    """The uploads as the model's inputs, and each photo's border clutter (what the input recipe measured)."""
     pixels = np.empty((len(uploads), model.height, model.width, model.channels), dtype=np.uint8)
+    clutter = []
     for index, upload in enumerate(uploads):
+        notes: dict = {}
         try:
-            pixels[index] = decode_image(upload.data, model.height, model.width, model.channels, max_pixels)
+            pixels[index] = model.decode(upload.data, max_pixels, notes)
+            clutter.append(notes.get("border_clutter", 0.0))
         except ImageError as err:
             which = (f"'{upload.filename}'" if upload.filename
                      else (f"image {index + 1}" if len(uploads) > 1 else "the image"))
             raise ApiError(err.status, err.code, f"Cannot use {which}: {err}") from None
-    return pixels
+    return pixels, clutter
+
+
+def answer(probabilities, score, labels: list[str], top_k: int | None) -> dict:
+    """One image's answer: every class ranked, and whether it looks like anything the model was trained on
+    (null for a model exported without a detector)."""
+    return {"predictions": rank(probabilities, labels, top_k),
+            "out_of_distribution": None if score is None else bool(score > 1.0),
+            "ood_score": None if score is None else round(float(score), 4)}
 
 
 def blueprint(service) -> Blueprint:
@@ -57,20 +69,21 @@ def blueprint(service) -> Blueprint:
         model = manager.served()  # one reference for the whole request, even if a new version arrives meanwhile
         uploads, batch, raw_top_k = read_uploads(request, max_images)
         top_k = parse_top_k(raw_top_k, len(model.labels))
-        pixels = decode_uploads(uploads, model, max_pixels)
+        pixels, clutter = decode_uploads(uploads, model, max_pixels)
         decoded = time.perf_counter()
-        probabilities = model.predict(pixels)
+        probabilities, scores = model.classify(pixels, clutter)
         inferred = time.perf_counter()
         metrics.decode_ms.observe((decoded - started) * 1000 / len(uploads))
         metrics.inference_ms.observe((inferred - decoded) * 1000)
         metrics.images.inc(len(uploads))
         timing = {"decode": round((decoded - started) * 1000, 3), "inference": round((inferred - decoded) * 1000, 3)}
+        scores = [None] * len(uploads) if scores is None else scores
         if batch:
-            results = [{"filename": u.filename, "predictions": rank(p, model.labels, top_k)}
-                       for u, p in zip(uploads, probabilities, strict=True)]
+            results = [{"filename": u.filename, **answer(p, s, model.labels, top_k)}
+                       for u, p, s in zip(uploads, probabilities, scores, strict=True)]
             body = {"model": model.describe(), "results": results}
         else:
-            body = {"model": model.describe(), "predictions": rank(probabilities[0], model.labels, top_k)}
+            body = {"model": model.describe(), **answer(probabilities[0], scores[0], model.labels, top_k)}
         timing["total"] = round((time.perf_counter() - started) * 1000, 3)
         body["timing_ms"] = timing
         return json_response(body)

@@ -6,7 +6,7 @@ import numpy as np
 from flask import Blueprint, request
 from werkzeug.routing import BaseConverter
 
-from contract import ImageError, decode_image, is_valid_model_name
+from contract import ImageError, is_valid_model_name
 from serve.inputs import ApiError, decode_base64, json_body
 from serve.model import ServedModel
 from serve.responses import json_response
@@ -27,7 +27,7 @@ def instance_pixels(item, index: int, model: ServedModel, max_pixels: int) -> np
     if isinstance(item, dict) and "b64" in item:
         data = decode_base64(item, f"instances[{index}].b64")
         try:
-            return decode_image(data, model.height, model.width, model.channels, max_pixels)
+            return model.decode(data, max_pixels)
         except ImageError as err:
             raise ApiError(err.status, err.code, f"Cannot use instances[{index}]: {err}") from None
     if isinstance(item, list):

@@ -8,7 +8,7 @@ import sys
 import threading
 
 import pytest
-from helpers import FASHION_MNIST_DIR, png_bytes
+from helpers import FASHION_MNIST_DIR, SESSION_EXPORT_GATES, png_bytes
 from tiny_model import TINY_FORMAT, publish_tiny_model
 
 from serve.testing import GunicornServer
@@ -76,7 +76,8 @@ def model_repository(tmp_path_factory, trained_run):
     from export.cli import main as export_main
 
     models = tmp_path_factory.mktemp("session-models")
-    code = export_main([str(trained_run), "--models-dir", str(models), "--qat", "--prune", "--quiet"])
+    code = export_main([str(trained_run), "--models-dir", str(models), "--qat", "--prune", "--quiet",
+                        *SESSION_EXPORT_GATES])
     assert code == 0, "the session model must pass every export gate"
     return models
 
@@ -103,7 +104,7 @@ def tiny_repository(tmp_path_factory, fashion_mnist_train, fashion_mnist_test):
 
     models = tmp_path_factory.mktemp("tiny-models")
     (x_train, y_train), (x_test, y_test) = fashion_mnist_train, fashion_mnist_test
-    publish_tiny_model(models, (x_train[:3000], y_train[:3000]), (x_test[:1000], y_test[:1000]), FASHION_MNIST_LABELS)
+    publish_tiny_model(models, (x_train[:4500], y_train[:4500]), (x_test[:1000], y_test[:1000]), FASHION_MNIST_LABELS)
     return models
 
 

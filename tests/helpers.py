@@ -17,6 +17,9 @@ from contract.formats import FORMATS
 from serve.settings import DEFAULT_FORMAT
 
 ROOT = Path(__file__).resolve().parent.parent
+# Measured on 1,000 test images, the calibration error of the session's small 3-epoch model is noisy by a few
+# points: the release default (1.5 %) is for a full test set. Every export of it in the tests passes this.
+SESSION_EXPORT_GATES = ["--max-ece", "0.05"]
 FASHION_MNIST_DIR = Path(os.environ.get("POCKETCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 # What the service serves unless told otherwise, and the file that holds it in a version folder.

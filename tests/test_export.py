@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import SESSION_EXPORT_GATES
 
 from contract import decode_image, read_manifest
 from contract.files import sha256_file
@@ -188,7 +189,7 @@ def test_exporting_twice_gives_byte_identical_tflite_and_onnx(trained_run, publi
     """The session's export (in the test process) and another in a separate process, as two release pipeline
     runs would be: the same files, byte for byte, QAT's fine-tune included."""
     command = [python, "-m", "export", str(trained_run), "--models-dir", str(tmp_path), "--formats",
-               REPRO_FORMATS, "--qat", "--quiet"]
+               REPRO_FORMATS, "--qat", "--quiet", *SESSION_EXPORT_GATES]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     again = read_manifest(tmp_path / "fashion_mnist" / "1")
@@ -241,7 +242,8 @@ def test_a_failed_gate_publishes_nothing_and_says_why(trained_run, tmp_path, cap
 
 def test_a_killed_export_leaves_no_visible_version(trained_run, tmp_path, python):
     models = tmp_path / "models"
-    process = subprocess.Popen([python, "-m", "export", str(trained_run), "--models-dir", str(models), "--quiet"],
+    process = subprocess.Popen([python, "-m", "export", str(trained_run), "--models-dir", str(models), "--quiet",
+                                *SESSION_EXPORT_GATES],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = None
     deadline = time.monotonic() + 300
@@ -257,7 +259,8 @@ def test_a_killed_export_leaves_no_visible_version(trained_run, tmp_path, python
     assert repository.versions("fashion_mnist") == [], "a reader sees no version"
     assert staging.exists(), "the half-written folder is hidden, not published"
     # The next export clears what the killed one left and publishes version 1.
-    assert export_main([str(trained_run), "--models-dir", str(models), "--formats", "tflite_float32", "--quiet"]) == 0
+    assert export_main([str(trained_run), "--models-dir", str(models), "--formats", "tflite_float32", "--quiet",
+                        *SESSION_EXPORT_GATES]) == 0
     assert [v.version for v in repository.versions("fashion_mnist")] == [1]
     assert not staging.exists()
 

@@ -106,13 +106,30 @@ PHOTO_VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("recipe", ["crop", "pad", "product_photo"])
 @pytest.mark.parametrize("variant", PHOTO_VARIANTS)
-def test_photos_decode_to_the_same_pixels_as_the_contract(fashion_mnist_test, variant):
-    """The app-side decoder is written separately; it must still give the service's exact pixels."""
+def test_photos_decode_to_the_same_pixels_as_the_contract(fashion_mnist_test, variant, recipe):
+    """The app-side decoder is written separately; it must still give the service's exact pixels, through
+    every input recipe."""
     photo = PHOTO_VARIANTS[variant](fashion_mnist_test[0])
-    on_device = ondevice.decode_photo(photo, 28, 28, "L")
+    on_device = ondevice.decode_photo(photo, 28, 28, "L", recipe)
     assert on_device.shape == (28, 28, 1) and on_device.dtype == np.uint8
-    assert np.array_equal(on_device, decode_image(photo, 28, 28, 1))
+    assert np.array_equal(on_device, decode_image(photo, 28, 28, 1, recipe=recipe))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_product_photos_decode_to_the_same_pixels_and_clutter_as_the_contract(fashion_mnist_test, channels):
+    """Phone-like product photos (bench/product_photos.py) through the on-device copy of product_photo: the same
+    bytes as contract.decode_image, and the same border clutter measured on the way."""
+    from bench.product_photos import product_photo
+
+    x, _ = fashion_mnist_test
+    for index in range(40):
+        photo = product_photo(x[index], seed=index)
+        ours, theirs = {}, {}
+        on_device = ondevice.decode_photo(photo, 28, 28, "L" if channels == 1 else "RGB", "product_photo", ours)
+        assert np.array_equal(on_device, decode_image(photo, 28, 28, channels, recipe="product_photo", notes=theirs))
+        assert ours == theirs
 
 
 def test_exif_rotation_is_applied_not_ignored(fashion_mnist_test):
@@ -160,7 +177,7 @@ def test_classify_gives_every_label_once_most_likely_first(bundle_zip, fashion_m
     bundle = ondevice.Bundle(bundle_zip)
     classifier = ondevice.Classifier(bundle)
     x, y = fashion_mnist_test
-    predictions = classifier.classify(png_bytes(x[0]))
+    predictions = classifier.classify(png_bytes(x[0]))["predictions"]
     percents = [p["percent"] for p in predictions]
     assert sorted(p["label"] for p in predictions) == sorted(bundle.labels)
     assert percents == sorted(percents, reverse=True)

@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, AnswerCounter, png_bytes, served_artifact, wait_until
+from helpers import ROOT, SESSION_EXPORT_GATES, AnswerCounter, png_bytes, served_artifact, wait_until
 from tiny_model import TINY_FORMAT
 
 from clients.loadgen import run_load
@@ -105,7 +105,8 @@ def export_into_a_full_disk(request, trained_run, published_version, tmp_path_fa
         earlier = models / "fashion_mnist" / "1"
         shutil.copytree(published_version, earlier)
         before = tree_hashes(earlier)
-        result = run_cli(["-m", "export", str(trained_run), "--models-dir", str(models), "--formats", EXPORT_FORMATS,
+        result = run_cli(["-m", "export", str(trained_run), "--models-dir", str(models), *SESSION_EXPORT_GATES,
+                          "--formats", EXPORT_FORMATS,
                           "--quiet"])
         after = tree_hashes(earlier)
         listing = sorted(p.name for p in (models / "fashion_mnist").iterdir())
@@ -139,7 +140,8 @@ def test_a_read_only_destination_is_exit_2_and_keeps_earlier_versions(trained_ru
         shutil.copytree(published_version, earlier)
         before = tree_hashes(earlier)
         tmpfs.remount_read_only()
-        result = run_cli(["-m", "export", str(trained_run), "--models-dir", str(models), "--formats", "tflite_float32",
+        result = run_cli(["-m", "export", str(trained_run), "--models-dir", str(models), *SESSION_EXPORT_GATES,
+                          "--formats", "tflite_float32",
                           "--quiet"])
         print(f"\nexport into a read-only destination: exit {result.returncode}; {result.stderr.strip()[-200:]!r}")
         assert result.returncode == 2

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last finished "
                         "epoch, with the run's own config (other options are ignored)")
+    parser.add_argument("--write-arrays", metavar="RUN_DIR", help="write a run's arrays/ (test, validation, "
+                        "training sample) again from its config, e.g. for a run made before export needed "
+                        "arrays/validation.npz; nothing is trained")
     add_options(parser, TrainConfig)
     return parser
 
@@ -64,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from train.data import DataError
     from train.model import ModelConfigError
-    from train.run import RunError, load_run_config, train
+    from train.run import RunError, load_run_config, train  # noqa: I001 - TensorFlow loads here, after the parse
 
     try:
-        if args.resume:
+        if args.write_arrays:
+            from train.run import rewrite_arrays
+
+            rewrite_arrays(Path(args.write_arrays))
+        elif args.resume:
             run_dir = Path(args.resume)
             config = load_run_config(run_dir)
             train(config, run_dir=run_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.options import option as _opt
+from contract.recipes import recipe_for
 
 DATASETS = ("fashion_mnist", "folder", "cifar10")
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nadam")
@@ -17,6 +18,12 @@ STRATEGIES = ("none", "mirrored", "multi-worker")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 BASES = ("none", "mobilenetv2")
 COLOR_MODES = ("auto", "grayscale", "rgb")
+INPUT_RECIPES = ("auto", "crop", "pad", "product_photo")
+
+
+def resolved_input_recipe(dataset: str, input_recipe: str) -> str:
+    """The recipe a run records (contract.recipes.recipe_for: auto is the dataset's own)."""
+    return recipe_for(dataset, input_recipe)
 
 
 @dataclass
@@ -28,6 +35,10 @@ class TrainConfig:
     image_size: int = _opt(0, "square input size in pixels; 0 = the dataset's own "
                               "(28 Fashion-MNIST, 32 CIFAR-10, 96 folder)")
     color_mode: str = _opt("auto", "grayscale or rgb; auto = the dataset's own (folders: rgb)", choices=COLOR_MODES)
+    input_recipe: str = _opt("auto", "how a photo becomes the model's input, recorded in the manifest and applied by "
+                                     "every stage: crop (the centre), pad (the whole photo, padded), product_photo "
+                                     "(Fashion-MNIST's own: trim, fit, centre, negate, grey); auto = product_photo "
+                                     "for fashion_mnist, crop otherwise", choices=INPUT_RECIPES)
     validation_fraction: float = _opt(0.1, "share of the training images held out for validation "
                                            "(folder: also for test)")
     train_limit: int = _opt(0, "use only this many training images (0 = all); for quick runs and tests")

@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from contract import ImageError, decode_image
+from train.config import resolved_input_recipe
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def load_cifar10(directory: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 # --- folder of photos ---------------------------------------------------------------------------
 
 def load_image_folder(
-    directory: str | Path, size: int, channels: int, validation_fraction: float, seed: int
+    directory: str | Path, size: int, channels: int, validation_fraction: float, seed: int, recipe: str = "crop"
 ) -> Dataset:
     """One sub-folder per class; every readable image in it (recursively) is an example.
 
@@ -191,7 +192,7 @@ def load_image_folder(
     def decode(item):
         _, path = item
         try:
-            return decode_image(path, size, size, channels)
+            return decode_image(path, size, size, channels, recipe=recipe)
         except ImageError as err:
             return err
 
@@ -238,15 +239,15 @@ def load_image_folder(
 
 # --- common -------------------------------------------------------------------------------------
 
-def conform(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Bring array images to size x size x channels through the shared image function."""
+def conform(images: np.ndarray, size: int, channels: int, recipe: str = "crop") -> np.ndarray:
+    """Bring array images to size x size x channels through the shared image function and the run's recipe."""
     if images.shape[1:] == (size, size, channels):
         return images
     out = np.empty((len(images), size, size, channels), dtype=np.uint8)
     for i, image in enumerate(images):
         buffer = io.BytesIO()
         Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, format="PNG")
-        out[i] = decode_image(buffer.getvalue(), size, size, channels)
+        out[i] = decode_image(buffer.getvalue(), size, size, channels, recipe=recipe)
     return out
 
 
@@ -271,7 +272,7 @@ def load_dataset(config) -> Dataset:
             raise DataError("--dataset folder needs --data-dir PATH (one sub-folder of images per class).")
         dataset = load_image_folder(
             config.data_dir, config.image_size or FOLDER_DEFAULT_SIZE, channels or 3,
-            config.validation_fraction, config.seed,
+            config.validation_fraction, config.seed, resolved_input_recipe(config.dataset, config.input_recipe),
         )
     else:
         if config.dataset == "fashion_mnist":
@@ -290,7 +291,8 @@ def load_dataset(config) -> Dataset:
         x_train, y_train = limit(x_train, y_train, config.train_limit, config.seed)
         x_val, y_val = limit(x_val, y_val, config.train_limit and max(1, config.train_limit // 5), config.seed)
         x_test, y_test = limit(x_test, y_test, config.test_limit, config.seed)
-        x_train, x_val, x_test = (conform(x, size, channels) for x in (x_train, x_val, x_test))
+        recipe = resolved_input_recipe(config.dataset, config.input_recipe)
+        x_train, x_val, x_test = (conform(x, size, channels, recipe) for x in (x_train, x_val, x_test))
         dataset = Dataset(config.dataset, labels, x_train, y_train, x_val, y_val, x_test, y_test)
     if config.dataset == "folder":
         dataset.x_train, dataset.y_train = limit(dataset.x_train, dataset.y_train, config.train_limit, config.seed)

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from contract import run_folder as rf
 from contract.files import atomic_write_json
-from train.config import TrainConfig
+from train.config import TrainConfig, resolved_input_recipe
 from train.data import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ def new_run_dir(config: TrainConfig) -> Path:
     return path
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The config of an unfinished run, for --resume."""
+def load_run_config(run_dir: Path, finished_is_ok: bool = False) -> TrainConfig:
+    """The config of an unfinished run, for --resume (or of any run, with finished_is_ok)."""
     if not (run_dir / rf.CONFIG).is_file():
         raise RunError(f"{run_dir} is not a run folder (no {rf.CONFIG}).")
-    if (run_dir / rf.METRICS).is_file():
+    if (run_dir / rf.METRICS).is_file() and not finished_is_ok:
         raise RunError(f"{run_dir} has already finished (it has {rf.METRICS}); nothing to resume.")
     saved = rf.read_json(run_dir / rf.CONFIG)
     known = {f.name for f in fields(TrainConfig)}
@@ -67,6 +67,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
     import keras
 
     resuming = run_dir is not None
+    config = replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe))
     dataset = load_dataset(config)  # data errors surface before any folder is made
     log.info(dataset.summary())
     run_dir = Path(run_dir) if resuming else new_run_dir(config)
@@ -138,13 +139,26 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
 
 
 def save_arrays(run_dir: Path, dataset: Dataset, config: TrainConfig) -> None:
-    """Held-out test images and a seeded training sample, for export's parity checks and calibration."""
+    """Held-out test images, the validation split (at most MAX_VALIDATION_ARRAYS images: export fits the
+    temperature and the out-of-distribution threshold on it) and a seeded training sample (int8 calibration,
+    fine-tuning, the detector's training statistics)."""
     arrays = run_dir / "arrays"
     arrays.mkdir(exist_ok=True)
     np.savez_compressed(run_dir / rf.TEST_ARRAYS, x=dataset.x_test, y=dataset.y_test)
+    kept = min(len(dataset.x_val), rf.MAX_VALIDATION_ARRAYS)
+    np.savez_compressed(run_dir / rf.VALIDATION_ARRAYS, x=dataset.x_val[:kept], y=dataset.y_val[:kept])
     count = min(config.train_sample_size, len(dataset.x_train))
     chosen = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), size=count, replace=False))
     np.savez_compressed(run_dir / rf.TRAIN_SAMPLE_ARRAYS, x=dataset.x_train[chosen], y=dataset.y_train[chosen])
+
+
+def rewrite_arrays(run_dir: Path) -> None:
+    """arrays/ of a run, made again from its config: the split is seeded, so they are the run's own."""
+    config = load_run_config(run_dir, finished_is_ok=True)
+    dataset = load_dataset(replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe)))
+    save_arrays(run_dir, dataset, config)
+    print(f"Wrote {run_dir / 'arrays'}: test {len(dataset.x_test)}, validation "
+          f"{min(len(dataset.x_val), rf.MAX_VALIDATION_ARRAYS)} images, a training sample")
 
 
 def cpu_has_bfloat16() -> bool:
