@@ -37,6 +37,7 @@ RESAMPLING = Image.Resampling.BILINEAR
 REDUCING_GAP = 3.0   # Pillow reduces by whole factors first (box filter), then resamples: fast and antialiased
 TRIM_MIN_CONTRAST = 0.05   # the paper's "within 5 % of the maximum possible intensity"
 BORDER_SHARE = 0.05        # the band of the photo taken as background, on each side
+CORNER_TOLERANCE = 0.2     # band pixels this far from the corners' colour are not taken for background at first
 # How much larger than the model's input a photo is decoded (JPEG DCT scaling) and worked on: cropping needs
 # twice the input's size; finding a garment's straps and handles in a product photo needs more.
 # (Measured on generated product photos: working at 3, 4 or 6 times found no better garments than at 2.)
@@ -228,18 +229,25 @@ def _surface_basis(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _background(rgb: np.ndarray) -> np.ndarray:
-    """A smooth surface per channel fitted to the border band, twice: the second fit leaves out the band
-    pixels the first explains worst (where the garment reaches the edge)."""
+    """A smooth surface per channel fitted to the background, from the border band: first the pixels near the
+    corners' colour (the paper's "corner pixels": a garment filling the frame still leaves the corners), then
+    again without the band pixels that fit explains worst (where the garment reaches the edge)."""
     shape = rgb.shape[:2]
     samples = rgb[_band(shape)]
     if len(samples) < 12:  # a tiny picture: its median colour
         return np.broadcast_to(np.median(rgb.reshape(-1, rgb.shape[-1]), axis=0), rgb.shape).astype(np.float32)
+    b = max(1, int(round(BORDER_SHARE * min(shape))))
+    corners = [rgb[:b, :b], rgb[:b, -b:], rgb[-b:, :b], rgb[-b:, -b:]]
+    corner = np.median(np.stack([np.median(c.reshape(-1, rgb.shape[-1]), axis=0) for c in corners]), axis=0)
+    keep = np.abs(samples - corner).max(axis=1) <= 255 * CORNER_TOLERANCE
+    if keep.sum() < 12:
+        keep[:] = True
     basis, design = _surface_basis(shape)
-    coefficients = np.linalg.lstsq(design, samples, rcond=None)[0]
+    coefficients = np.linalg.lstsq(design[keep], samples[keep], rcond=None)[0]
     residual = np.abs(design @ coefficients - samples).max(axis=1)
-    keep = residual <= max(3 * 1.4826 * float(np.median(residual)), 255 * TRIM_MIN_CONTRAST)
-    if 12 <= keep.sum() < len(keep):
-        coefficients = np.linalg.lstsq(design[keep], samples[keep], rcond=None)[0]
+    tighter = residual <= max(3 * 1.4826 * float(np.median(residual[keep])), 255 * TRIM_MIN_CONTRAST)
+    if 12 <= tighter.sum() and not np.array_equal(tighter, keep):
+        coefficients = np.linalg.lstsq(design[tighter], samples[tighter], rcond=None)[0]
     return basis @ coefficients.astype(np.float32)
 
 
