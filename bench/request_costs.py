@@ -93,15 +93,15 @@ def main(argv=None) -> dict:
                 return read_uploads(request, 16)[0]
 
         uploads = read()
-        pixels, clutter = decode_uploads(uploads, model, 10 ** 9)
-        probabilities, _ = model.classify(pixels, clutter)
+        pixels, doubt = decode_uploads(uploads, model, 10 ** 9)
+        probabilities, _ = model.classify(pixels, doubt)
         costs = {
             "ceiling": ms(whole_call(ceiling, body, content_type), args.number),
             "floor": ms(whole_call(floor, body, content_type), args.number),
             "pocketcnn": ms(whole_call(app, body, content_type), args.number),
             "read": ms(read, args.number),
             "decode": ms(lambda uploads=uploads: decode_uploads(uploads, model, 10 ** 9), args.number),
-            "model": ms(lambda pixels=pixels, clutter=clutter: model.classify(pixels, clutter), args.number),
+            "model": ms(lambda pixels=pixels, doubt=doubt: model.classify(pixels, doubt), args.number),
             "answer": ms(lambda first=probabilities[0]: json_response({"model": model.describe(), "predictions":
                                                                       rank(first, model.labels, None)}), args.number),
         }

@@ -77,7 +77,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode `source` (bytes, a path or a binary file) into a (height, width, channels) uint8 array, through
     the input recipe `recipe` (a manifest's input.recipe record, a name, or None for `crop`). `notes`, if given,
-    receives what the recipe measured (product_photo: `border_clutter`, for the out-of-distribution score).
+    receives what the recipe measured (product_photo: `photo_doubt`, for the out-of-distribution score).
 
     Raises ImageError (or its subclass ImageTooLarge) for anything that cannot be decoded;
     never anything else for bad bytes.
@@ -112,6 +112,15 @@ def decode_image(
         return recipe.apply(image, height, width, channels, notes)
     finally:
         opened.close()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """(H, W), (H, W, 1) or (H, W, 3) uint8 pixels as a PNG file: lossless, decode_image gives them back."""
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(buffer,
+                                                                                                     format="PNG")
+    return buffer.getvalue()
 
 
 def _open(source: ImageSource, max_pixels: int) -> Image.Image:

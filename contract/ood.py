@@ -10,9 +10,10 @@ larger one (never below 0), and an image is flagged when its score is above 1:
    images (a garment photographed in poor light); the subtraction removes what every image shares. Class
    means and covariances come from the run's training sample; the threshold is the 95th percentile of the
    score on the validation images, so about 5 % of held-out images are flagged.
-2. For product_photo models: the photo has no plain background. Fashion-MNIST is one garment on a plain
-   background; when most of a photo's border differs from the smooth background fitted to it (a street, a room,
-   a landscape), no trim can turn it into one (contract/recipes.py measures that share as `border_clutter`).
+2. For product_photo models: the photo is not one garment on a plain background, which is what Fashion-MNIST is.
+   contract/recipes.py measures it on the way (`photo_doubt`): the share of the photo's border that differs from
+   the smooth background fitted to it (a street, a room, a landscape: no trim can make a product photo of them),
+   over its limit; or 2 when nothing stands out from the background at all (nothing to classify).
 
 The statistics live in ood.npz beside the model files (read with allow_pickle=False: arrays only).
 """
@@ -26,7 +27,6 @@ import numpy as np
 
 DETECTOR_FILE = "ood.npz"
 QUANTILE = 0.95           # of the validation images' feature score: the threshold
-BORDER_CLUTTER_LIMIT = 0.4  # share of the border that is not background, above which a photo is no product photo
 RIDGE = 1e-3              # added to the covariances' diagonal (relative to their mean variance): they must invert
 
 
@@ -89,13 +89,13 @@ class Scale:
         return {"center": self.center, "threshold": self.threshold}
 
 
-def scores(distances: np.ndarray, scale: Scale | dict, border_clutter=None) -> np.ndarray:
+def scores(distances: np.ndarray, scale: Scale | dict, photo_doubt=None) -> np.ndarray:
     """The out-of-distribution score of each image: the larger of its feature distance on the validation scale
-    and its photo's border clutter over its limit, and at least 0 (as typical as the validation images' median,
-    or more). An image is flagged when its score is above 1."""
+    and its photo's doubt (product_photo), and at least 0 (as typical as the validation images' median, or more).
+    An image is flagged when its score is above 1."""
     if isinstance(scale, dict):
         scale = Scale(float(scale["center"]), float(scale["threshold"]))
     scaled = (np.asarray(distances, dtype=np.float64) - scale.center) / (scale.threshold - scale.center)
-    if border_clutter is not None:
-        scaled = np.maximum(scaled, np.asarray(border_clutter, dtype=np.float64) / BORDER_CLUTTER_LIMIT)
+    if photo_doubt is not None:
+        scaled = np.maximum(scaled, np.asarray(photo_doubt, dtype=np.float64))
     return np.maximum(scaled, 0.0)

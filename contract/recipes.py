@@ -37,6 +37,8 @@ RESAMPLING = Image.Resampling.BILINEAR
 REDUCING_GAP = 3.0   # Pillow reduces by whole factors first (box filter), then resamples: fast and antialiased
 TRIM_MIN_CONTRAST = 0.05   # the paper's "within 5 % of the maximum possible intensity"
 BORDER_SHARE = 0.05        # the band of the photo taken as background, on each side
+BORDER_CLUTTER_LIMIT = 0.4  # share of the border that is not background, above which a photo is no product photo
+NOTHING_FOUND = 2.0         # the photo doubt of a photo in which nothing stands out from the background
 CORNER_TOLERANCE = 0.2     # band pixels this far from the corners' colour are not taken for background at first
 # How much larger than the model's input a photo is decoded (JPEG DCT scaling) and worked on: cropping needs
 # twice the input's size; finding a garment's straps and handles in a product photo needs more.
@@ -95,7 +97,7 @@ class InputRecipe:
     def apply(self, image: Image.Image, height: int, width: int, channels: int,
               notes: dict | None = None) -> np.ndarray:
         """A decoded image (mode "L" or "RGB", any size) -> (height, width, channels) uint8 pixels. `notes`, if
-        given, receives what the recipe measured on the way (product_photo: `border_clutter`)."""
+        given, receives what the recipe measured on the way (product_photo: `photo_doubt`)."""
         mode = "L" if channels == 1 else "RGB"
         if self.name == "crop":
             return _pixels(_crop_and_resize(image.convert(mode) if image.mode != mode else image, height, width),
@@ -161,7 +163,7 @@ def _pad(image: Image.Image, height: int, width: int) -> Image.Image:
 def product_photo(image: Image.Image, height: int, width: int, channels: int,
                   notes: dict | None = None) -> np.ndarray:
     notes = {} if notes is None else notes
-    notes["border_clutter"] = 0.0
+    notes["photo_doubt"] = 0.0
     if image.mode not in ("L", "RGB") or (channels == 3 and image.mode != "RGB"):
         image = image.convert("RGB")
     if image.size == (width, height):  # at the input's size it already is an input...
@@ -179,15 +181,19 @@ def product_photo(image: Image.Image, height: int, width: int, channels: int,
     if rgb.ndim == 2:
         rgb = rgb[..., None]
     background = _background(rgb)
-    light = float(np.median(_luma(background[_band(rgb.shape[:2])]))) >= 128
-    mask, strength, notes["border_clutter"] = _garment(rgb, background, light)
+    light = float(_luma(background[_band(rgb.shape[:2])]).mean()) >= 128
+    mask, strength, clutter = _garment(rgb, background, light)
+    # How far the photo is from one garment on a plain background (contract/ood.py): 1 when the share of its border
+    # that is not background reaches BORDER_CLUTTER_LIMIT (a scene, not a product photo); NOTHING_FOUND when
+    # nothing stands out from the background at all (an empty table, a blank page: there is no garment).
+    notes["photo_doubt"] = NOTHING_FOUND if not mask.any() else clutter / BORDER_CLUTTER_LIMIT
     box = Image.fromarray(mask.view(np.uint8) * 255, "L").getbbox() or (0, 0, image.width, image.height)
     if channels == 1:
         crop = Image.fromarray(strength.astype(np.uint8), "L").crop(box)
         fill: int | tuple[int, ...] = 0
     else:  # colour models: the garment as photographed, framed the same way, on its own background colour
         crop = image.crop(box)
-        fill = tuple(int(v) for v in np.median(background[_band(rgb.shape[:2])], axis=0).clip(0, 255).round())
+        fill = tuple(int(v) for v in background[_band(rgb.shape[:2])].mean(axis=0).clip(0, 255).round())
     fitted = crop.resize(_fit_size(crop.size, height, width), RESAMPLING, reducing_gap=REDUCING_GAP)
     if light and channels == 1:  # the paper's sharpening (Gaussian, radius and sigma 1), on product photos
         fitted = fitted.filter(ImageFilter.UnsharpMask(radius=1, percent=60, threshold=0))
@@ -225,30 +231,55 @@ def _surface_basis(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     u, v = xx / max(w - 1, 1) - 0.5, yy / max(h - 1, 1) - 0.5
     basis = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=-1)
-    return basis, basis[_band(shape)]
+    design = basis[_band(shape)]
+    basis.flags.writeable = design.flags.writeable = False
+    return basis, design
 
 
 def _background(rgb: np.ndarray) -> np.ndarray:
     """A smooth surface per channel fitted to the background, from the border band: first the pixels near the
     corners' colour (the paper's "corner pixels": a garment filling the frame still leaves the corners), then
-    again without the band pixels that fit explains worst (where the garment reaches the edge)."""
+    again without the band pixels that fit explains worst (where the garment reaches the edge). This runs on
+    every upload: few numpy calls, normal equations for the 6-term fit."""
     shape = rgb.shape[:2]
     samples = rgb[_band(shape)]
     if len(samples) < 12:  # a tiny picture: its median colour
-        return np.broadcast_to(np.median(rgb.reshape(-1, rgb.shape[-1]), axis=0), rgb.shape).astype(np.float32)
-    b = max(1, int(round(BORDER_SHARE * min(shape))))
-    corners = [rgb[:b, :b], rgb[:b, -b:], rgb[-b:, :b], rgb[-b:, -b:]]
-    corner = np.median(np.stack([np.median(c.reshape(-1, rgb.shape[-1]), axis=0) for c in corners]), axis=0)
+        return np.broadcast_to(_median(rgb.reshape(-1, rgb.shape[-1])), rgb.shape).astype(np.float32)
+    corner = _median(rgb[_corners(shape)])
     keep = np.abs(samples - corner).max(axis=1) <= 255 * CORNER_TOLERANCE
     if keep.sum() < 12:
         keep[:] = True
     basis, design = _surface_basis(shape)
-    coefficients = np.linalg.lstsq(design[keep], samples[keep], rcond=None)[0]
+    coefficients = _fit(design, samples, keep)
     residual = np.abs(design @ coefficients - samples).max(axis=1)
-    tighter = residual <= max(3 * 1.4826 * float(np.median(residual[keep])), 255 * TRIM_MIN_CONTRAST)
+    tighter = residual <= max(3 * 1.4826 * float(_median(residual[keep])), 255 * TRIM_MIN_CONTRAST)
     if 12 <= tighter.sum() and not np.array_equal(tighter, keep):
-        coefficients = np.linalg.lstsq(design[tighter], samples[tighter], rcond=None)[0]
-    return basis @ coefficients.astype(np.float32)
+        coefficients = _fit(design, samples, tighter)
+    return basis @ coefficients
+
+
+def _fit(design: np.ndarray, samples: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Least squares of `samples` on `design` over the rows in `keep` (normal equations: 6 terms)."""
+    rows = design[keep]
+    normal = rows.T @ rows + np.eye(rows.shape[1], dtype=np.float32) * 1e-6
+    return np.linalg.solve(normal, rows.T @ samples[keep]).astype(np.float32)
+
+
+def _median(values: np.ndarray) -> np.ndarray | float:
+    """The (lower) median along the first axis: np.partition, without np.median's overhead (it runs per upload)."""
+    middle = (len(values) - 1) // 2
+    return np.partition(values, middle, axis=0)[middle]
+
+
+@functools.lru_cache(maxsize=16)
+def _corners(shape: tuple[int, int]) -> np.ndarray:
+    """The four corner squares of the band (a boolean mask, cached per size)."""
+    h, w = shape
+    b = max(1, int(round(BORDER_SHARE * min(h, w))))
+    corners = np.zeros((h, w), dtype=bool)
+    corners[:b, :b], corners[:b, -b:], corners[-b:, :b], corners[-b:, -b:] = True, True, True, True
+    corners.flags.writeable = False
+    return corners
 
 
 def _garment(rgb: np.ndarray, background: np.ndarray, light: bool) -> tuple[np.ndarray, np.ndarray, float]:
@@ -257,7 +288,8 @@ def _garment(rgb: np.ndarray, background: np.ndarray, light: bool) -> tuple[np.n
     difference = np.abs(rgb - background).max(axis=-1)
     band = difference[_band(rgb.shape[:2])]
     clutter = float((band > 255 * TRIM_MIN_CONTRAST).mean())
-    low, middle, high = np.percentile(band, (25, 50, 75))
+    quartiles = [len(band) // 4, len(band) // 2, 3 * len(band) // 4]
+    low, middle, high = np.partition(band, quartiles)[quartiles]
     noise = (high - low) / 1.349  # the spread of the background's own texture and JPEG noise
     threshold = max(255 * TRIM_MIN_CONTRAST, middle + 4 * noise, 0.5 * _otsu(difference))
     mask = _without_specks(difference > threshold)

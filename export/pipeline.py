@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import platform
@@ -13,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from contract import decode_image, ood
 from contract import run_folder as rf
 from contract.files import atomic_write_json, sha256_file, storage_error, tree_sha256, tree_size
 from contract.formats import FORMATS, Format, reference_key, source_name
+from contract.image import png_bytes
 from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
 from contract.ood import Detector
-from contract.recipes import InputRecipe, recipe_for
+from contract.recipes import BORDER_CLUTTER_LIMIT, NOTHING_FOUND, InputRecipe, recipe_for
 from export import calibration, convert, publish, verify
 from export.options import ExportOptions
 from export.tfmot_process import FineTuned, FineTuneInputs, fine_tune
@@ -120,13 +119,6 @@ def load_model_safely(path: Path):
 def keras_probabilities(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([np.asarray(model(images[i:i + batch].astype(np.float32), training=False))
                            for i in range(0, len(images), batch)])
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """A (H, W, C) uint8 image as PNG (lossless: decode_image gives back the same pixels)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def classifier_layer(model):
@@ -384,12 +376,12 @@ def ood_summary(recipe: InputRecipe, compared: dict[str, ComparedModel]) -> dict
         "method": "relative Mahalanobis distance of the features the last layer reads (Ren et al. 2021), to the "
                   "training sample's class means under a shared covariance, minus to their overall mean; scaled "
                   "so the validation images' median is 0 and their 95th percentile 1"
-                  + ("; or, if larger, the share of the photo's border that is not background over "
-                     f"{ood.BORDER_CLUTTER_LIMIT} (product_photo: no plain background, no product photo)"
-                     if recipe.name == "product_photo" else ""),
+                  + ("; or, if larger, the photo's doubt from the recipe: the share of its border that is not "
+                     f"background over {BORDER_CLUTTER_LIMIT} (a scene, not a product photo), or {NOTHING_FOUND} "
+                     "when nothing stands out from the background" if recipe.name == "product_photo" else ""),
         "threshold": 1.0,
         "quantile": ood.QUANTILE,
-        "border_clutter_limit": ood.BORDER_CLUTTER_LIMIT if recipe.name == "product_photo" else None,
+        "border_clutter_limit": BORDER_CLUTTER_LIMIT if recipe.name == "product_photo" else None,
         "detectors": {source: model.detector_file for source, model in compared.items()},
         "fitted_on": f"{rf.TRAIN_SAMPLE_ARRAYS} (statistics), {rf.VALIDATION_ARRAYS} (scale)",
         "validation_flag_rate": keras_model.ood["validation_flag_rate"],

@@ -60,18 +60,18 @@ class ServedModel:
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, notes: dict | None = None) -> np.ndarray:
         """A photo -> this model's input, through its input recipe (ImageError for anything else); `notes`
-        receives what the recipe measured (border_clutter, for the out-of-distribution score)."""
+        receives what the recipe measured (photo_doubt, for the out-of-distribution score)."""
         return decode_image(data, self.height, self.width, self.channels, max_pixels, recipe=self.recipe,
                             notes=notes)
 
-    def classify(self, pixels: np.ndarray, border_clutter: list[float] | None = None):
+    def classify(self, pixels: np.ndarray, photo_doubt: list[float] | None = None):
         """(N, H, W, C) uint8 -> probabilities (N, classes), and each image's out-of-distribution score (None
-        for a version without a detector)."""
+        for a version without a detector). photo_doubt: what the recipe measured on each photo."""
         if self.detector is None:
             return self.runner.predict(pixels), None
         probabilities, features = self.runner.predict_with_features(pixels)
-        clutter = border_clutter if self.recipe.name == "product_photo" else None
-        return probabilities, ood.scores(self.detector.distance(features), self.ood_scale, clutter)
+        doubt = photo_doubt if self.recipe.name == "product_photo" else None
+        return probabilities, ood.scores(self.detector.distance(features), self.ood_scale, doubt)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, classes) float32 probabilities."""

@@ -35,19 +35,19 @@ def rank(probabilities, labels: list[str], top_k: int | None) -> list[dict]:
 
 
 def decode_uploads(uploads: list[Upload], model: ServedModel, max_pixels: int) -> tuple[np.ndarray, list[float]]:
-    """The uploads as the model's inputs, and each photo's border clutter (what the input recipe measured)."""
+    """The uploads as the model's inputs, and each photo's doubt (what the input recipe measured)."""
     pixels = np.empty((len(uploads), model.height, model.width, model.channels), dtype=np.uint8)
-    clutter = []
+    doubt = []
     for index, upload in enumerate(uploads):
         notes: dict = {}
         try:
             pixels[index] = model.decode(upload.data, max_pixels, notes)
-            clutter.append(notes.get("border_clutter", 0.0))
+            doubt.append(notes.get("photo_doubt", 0.0))
         except ImageError as err:
             which = (f"'{upload.filename}'" if upload.filename
                      else (f"image {index + 1}" if len(uploads) > 1 else "the image"))
             raise ApiError(err.status, err.code, f"Cannot use {which}: {err}") from None
-    return pixels, clutter
+    return pixels, doubt
 
 
 def answer(probabilities, score, labels: list[str], top_k: int | None) -> dict:
@@ -69,9 +69,9 @@ def blueprint(service) -> Blueprint:
         model = manager.served()  # one reference for the whole request, even if a new version arrives meanwhile
         uploads, batch, raw_top_k = read_uploads(request, max_images)
         top_k = parse_top_k(raw_top_k, len(model.labels))
-        pixels, clutter = decode_uploads(uploads, model, max_pixels)
+        pixels, doubt = decode_uploads(uploads, model, max_pixels)
         decoded = time.perf_counter()
-        probabilities, scores = model.classify(pixels, clutter)
+        probabilities, scores = model.classify(pixels, doubt)
         inferred = time.perf_counter()
         metrics.decode_ms.observe((decoded - started) * 1000 / len(uploads))
         metrics.inference_ms.observe((inferred - decoded) * 1000)
