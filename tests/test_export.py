@@ -33,12 +33,23 @@ def manifest(published_version):
 
 
 @pytest.fixture(scope="module")
-def keras_reference(trained_run):
-    """The source model's training=False probabilities on the held-out test images."""
+def keras_reference(trained_run, manifest):
+    """The source model's training=False probabilities on the held-out test images, at the temperature the
+    manifest records (computed here from the Keras model, not with export's own helpers)."""
     model = keras.models.load_model(trained_run / "best.keras", safe_mode=True)
     test = np.load(trained_run / "arrays" / "test.npz")
-    probs = np.asarray(model(test["x"].astype("float32"), training=False))
+    probs = calibrated_probabilities(model, test["x"], manifest["calibration"]["temperature"])
     return test["x"], test["y"], probs
+
+
+def calibrated_probabilities(model, x: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T): the last Dense layer's logits from what it reads, divided by T."""
+    last = model.layers[-1]
+    features = np.asarray(keras.Model(model.inputs, last.input)(x.astype("float32"), training=False), np.float64)
+    kernel, bias = (np.asarray(w, np.float64) for w in last.get_weights())
+    logits = (features @ kernel + bias) / temperature
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_every_format_is_published_with_a_complete_manifest(published_version, manifest):
@@ -101,6 +112,7 @@ def test_savedmodel_serving_signature_has_stable_names(published_version, keras_
     signature = loaded.signatures["serving_default"]
     assert list(signature.structured_input_signature[1]) == ["image"]
     assert list(signature.structured_outputs) == ["probabilities"]
+    assert set(loaded.signatures) == {"serving_default", "features"}, "features: the service's detector only"
     out = signature(image=tf.constant(x[:64].astype("float32")))["probabilities"].numpy()
     assert np.abs(out - source[:64]).max() <= 1e-5
 
@@ -144,13 +156,15 @@ def test_tflite_files_carry_their_labels_and_no_random_ops(published_version, ke
 
 
 def test_reference_samples_reproduce_the_keras_outputs(published_version, manifest, trained_run):
+    """Reference outputs: the calibrated Keras model on the sample decoded through the recorded input recipe."""
     reference = json.loads((published_version / manifest["reference"]["file"]).read_text())
     model = keras.models.load_model(trained_run / "best.keras", safe_mode=True)
     assert len(reference["samples"]) == manifest["reference"]["count"] >= 8
     for sample in reference["samples"]:
-        pixels = decode_image((published_version / "reference" / sample["file"]).read_bytes(), 28, 28, 1)
-        expected = np.asarray(model(pixels[None].astype("float32"), training=False))[0]
-        assert np.abs(expected - np.asarray(sample["expected"]["keras"])).max() < 1e-6
+        pixels = decode_image((published_version / "reference" / sample["file"]).read_bytes(), 28, 28, 1,
+                              recipe=manifest["input"]["recipe"])
+        expected = calibrated_probabilities(model, pixels[None], manifest["calibration"]["temperature"])[0]
+        assert np.abs(expected - np.asarray(sample["expected"]["keras"])).max() < 1e-5
         assert int(np.argmax(expected)) == sample["label_index"]
     assert reference["tolerance"]["tflite_float32"] == 1e-4
     assert set(reference["compare_with"]) == set(FORMATS)
