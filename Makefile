@@ -11,9 +11,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_TIMEOUT ?= 2400
 STAMP := $(VENV)/.installed
+MEDIAPIPE_VENV ?= .venv-mediapipe
+MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed
+WEB_STAMP := web/node_modules/.installed
 PACKAGES := scripts/install-system-packages.sh
 
-.PHONY: help setup train export serve run lint test test-fast bench clean
+.PHONY: help setup mediapipe web train export serve run lint test test-fast bench clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,6 +27,20 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,export,serve,dev]'
+	touch $@
+
+mediapipe: $(MEDIAPIPE_STAMP) ## Create .venv-mediapipe: MediaPipe Tasks (pinned), to check the .tflite files as apps load them
+
+$(MEDIAPIPE_STAMP): mediapipe-requirements.txt
+	python3 -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet -r mediapipe-requirements.txt
+	touch $@
+
+web: $(WEB_STAMP) ## Install the page's in-browser runtime (onnxruntime-web, locked by web/package-lock.json; needs npm)
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
 train: setup ## Train the default recipe on Fashion-MNIST into runs/<run-id>/ (ARGS="..." for options)
@@ -42,13 +59,15 @@ run: setup ## Train (if no run yet), export (if no model yet), then serve with t
 		$(PY) -m train --runs-dir $(RUNS) || exit $$?; fi
 	@if ! $(PY) -m export.published $(RUNS)/latest --models-dir $(MODELS); then \
 		$(PY) -m export $(RUNS)/latest --models-dir $(MODELS) || exit $$?; fi
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory web; else \
+		echo "npm not found: the page will classify on the service only (install Node.js for 'on this device')"; fi
 	@echo "Open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops the service)"
 	@$(MAKE) --no-print-directory serve
 
 lint: setup ## ruff: style, bugbear and security rules (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-test: setup lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
+test: setup mediapipe web lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
 	@$(PACKAGES) data browser test
 	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q -o faulthandler_timeout=900 $(ARGS)
 
@@ -56,9 +75,9 @@ test-fast: setup ## The tests that need no trained model and no browser (the HTT
 	@$(PACKAGES) data
 	$(PY) -m pytest -q -m "not slow and not browser" $(ARGS)
 
-bench: setup ## Benchmarks on the full data set (about 45 minutes); results in bench/results and BENCHMARKS.md
+bench: setup mediapipe web ## Benchmarks on the full data set (about 45 minutes); results in bench/results and BENCHMARKS.md
 	@$(PACKAGES) data browser bench
 	$(PY) -m bench.run_all $(ARGS)
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and models/)
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(MEDIAPIPE_VENV) web/node_modules .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import math
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ MANIFEST_FILE = "manifest.json"
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference/reference.json"
 LABELS_METADATA = "labels"  # name of the .tflite metadata entry that holds labels.txt
+STANDARD_METADATA = "TFLITE_METADATA"  # TFLite Model Metadata (what MediaPipe Tasks reads), identifier M001
 
 BAR_WIDTH = 30
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -175,6 +177,32 @@ def read_embedded_labels(tflite: bytes) -> list[str] | None:
     except (IndexError, ValueError, UnicodeDecodeError) as err:  # flatbuffers raise these on damaged bytes
         raise BundleError(f"the .tflite file's metadata cannot be read ({err})") from None
     return None
+
+
+def read_standard_metadata(tflite: bytes) -> dict | None:
+    """The TFLite Model Metadata MediaPipe reads: name, version, description, min_parser_version, and the
+    label file appended to the .tflite as a zip (None if the file has no such metadata)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        model = schema.Model.GetRootAs(tflite, 0)
+        raw = next((model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes()
+                    for i in range(model.MetadataLength())
+                    if (model.Metadata(i).Name() or b"").decode("utf-8") == STANDARD_METADATA), None)
+        if raw is None:
+            return None
+        table = flatbuffers.table.Table(raw, flatbuffers.encode.Get(flatbuffers.packer.uoffset, raw, 0))
+        found: dict = {"identifier": raw[4:8].decode("ascii", "replace")}
+        for key, slot in (("name", 0), ("description", 1), ("version", 2), ("min_parser_version", 7)):
+            offset = table.Offset(4 + 2 * slot)
+            found[key] = table.String(offset + table.Pos).decode("utf-8") if offset else None
+        with zipfile.ZipFile(io.BytesIO(tflite)) as archive:
+            found["labels"] = archive.read(LABELS_FILE).decode("utf-8").split("\n") \
+                if LABELS_FILE in archive.namelist() else None
+        return found
+    except (IndexError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, struct.error) as err:
+        raise BundleError(f"the .tflite file's standard metadata cannot be read ({err})") from None
 
 
 # --- the photo -------------------------------------------------------------------------------------
@@ -667,7 +695,11 @@ class Classifier:
         self.output = self.interpreter.get_output_details()[0]
         self.input_quantization = _tensor_quantization(self.input)
         self.output_quantization = _tensor_quantization(self.output)
-        if tuple(int(v) for v in self.input["shape"][1:]) != bundle.input_size:
+        file_size = tuple(int(v) for v in self.input["shape"][1:])
+        # A greyscale model's RGB-input file (for MediaPipe) gets the grey pixels in R, G and B: its own luma
+        # step gives them back exactly.
+        self.grey_to_rgb = bundle.input_size[-1] == 1 and file_size == bundle.input_size[:2] + (3,)
+        if file_size != bundle.input_size and not self.grey_to_rgb:
             raise BundleError(f"{model_file} takes input {list(self.input['shape'])}, the manifest says "
                               f"{bundle.manifest['input']['shape']}")
         # The tensor's own quantization is what the model needs; a manifest that disagrees was written for
@@ -692,6 +724,8 @@ class Classifier:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(height, width, channels) uint8 pixels -> float32 probabilities, one per label."""
+        if self.grey_to_rgb and pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
         tensor = _quantize(pixels[np.newaxis], np.dtype(self.input["dtype"]), self.input_quantization)
         self.interpreter.set_tensor(self.input["index"], tensor)
         self.interpreter.invoke()
@@ -853,6 +887,10 @@ def verify_bundle(bundle: Bundle, model_files: list[str] | None = None) -> list[
         if digest != classifier.artifact.get("sha256"):
             check.failures.append(f"sha256 {digest[:12]}... differs from the manifest's "
                                   f"{str(classifier.artifact.get('sha256'))[:12]}...: the file was changed")
+        try:
+            check.failures.extend(metadata_problems(classifier))
+        except BundleError as err:
+            check.failures.append(str(err))
         expected_key = reference.get("compare_with", {}).get(check.key)
         check.tolerance = reference.get("tolerance", {}).get(check.key)
         if expected_key is None or check.tolerance is None:
@@ -884,6 +922,22 @@ def verify_bundle(bundle: Bundle, model_files: list[str] | None = None) -> list[
         if check.samples == 0 and not check.failures:
             check.failures.append("reference.json lists no samples")
     return checks
+
+
+def metadata_problems(classifier: "Classifier") -> list[str]:
+    """What differs between the file's standard metadata and the manifest (files exported before pocketcnn
+    wrote it carry none, and their manifest says so by having no "metadata")."""
+    declared = classifier.artifact.get("metadata")
+    if declared is None:
+        return []
+    found = read_standard_metadata(classifier.model_bytes)
+    if found is None:
+        return ["the file has no standard TFLite metadata, but the manifest says it does"]
+    problems = [f"standard metadata {key} {found.get(key)!r}, the manifest says {declared.get(key)!r}"
+                for key in ("name", "version", "min_parser_version") if found.get(key) != declared.get(key)]
+    if found.get("labels") != classifier.bundle.labels:
+        problems.append(f"the labels file inside the .tflite ({found.get('labels')}) differs from {LABELS_FILE}")
+    return problems
 
 
 # --- command line ----------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ def reference_key(source: str) -> str:
     return "keras" if source == "keras" else f"{source}_fine_tuned"
 
 
+MEDIAPIPE_CHANNELS = 3  # MediaPipe Tasks' ImageClassifier takes RGB models only
+
+
 @dataclass(frozen=True)
 class Format:
     key: str            # what users type in --formats and what the manifest calls the artifact
@@ -34,6 +37,11 @@ class Format:
     source: str = "keras"  # the model it is converted from: keras (best.keras) or a fine-tuned copy: qat | prune
     opt_in: str = ""    # CLI flag that enables it, if it is not in the release defaults
     description: str = ""
+    rgb_of: str = ""    # for a greyscale model: the format whose graph this one runs after an RGB-to-grey input
+
+    def applies_to(self, channels: int) -> bool:
+        """RGB-input variants exist for greyscale models only (an RGB model's files already take RGB)."""
+        return not self.rgb_of or channels == 1
 
     @property
     def container(self) -> str:
@@ -70,6 +78,10 @@ FORMATS: dict[str, Format] = {f.key: f for f in (
            description="TFLite, int8 weights, activations quantized on the fly"),
     Format("tflite_int8", "model_int8.tflite", "litert", "int8", "int8",
            description="TFLite full-integer int8, uint8 input and output, calibrated on training images"),
+    Format("tflite_float32_rgb", "model_float32_rgb.tflite", "litert", "float32", "float32", rgb_of="tflite_float32",
+           description="tflite_float32 with an RGB input (Pillow's luma inside, exact): for MediaPipe ImageClassifier"),
+    Format("tflite_int8_rgb", "model_int8_rgb.tflite", "litert", "int8", "int8", rgb_of="tflite_int8",
+           description="tflite_int8 with an RGB input (Pillow's luma inside, exact): for MediaPipe ImageClassifier"),
     Format("tflite_qat_int8", "model_qat_int8.tflite", "litert", "int8", "int8", source="qat", opt_in="--qat",
            description="TFLite full-integer int8 after quantization-aware fine-tuning (tfmot)"),
     Format("tflite_pruned_int8", "model_pruned_int8.tflite", "litert", "int8", "int8", source="prune",

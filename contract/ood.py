@@ -20,6 +20,7 @@ The statistics live in ood.npz beside the model files (read with allow_pickle=Fa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +52,15 @@ class Detector:
         """The relative Mahalanobis distance of each row of `features` (higher: less like the training data)."""
         features = np.atleast_2d(features).astype(np.float32)
         projected = features @ self.class_factor
-        means = self.class_means @ self.class_factor
+        means = self.projected_means
         to_class = ((projected[:, None, :] - means[None, :, :]) ** 2).sum(axis=-1).min(axis=1)
         to_all = (((features - self.global_mean) @ self.global_factor) ** 2).sum(axis=-1)
         return to_class - to_all
+
+    @functools.cached_property
+    def projected_means(self) -> np.ndarray:
+        """The class means through the class factor, once (the service scores every request with them)."""
+        return self.class_means @ self.class_factor
 
     def save(self, path: Path) -> Path:
         np.savez(path, class_means=self.class_means, class_factor=self.class_factor, global_mean=self.global_mean,

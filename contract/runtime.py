@@ -28,7 +28,10 @@ class LiteRTRunner:
     With features=True it also reads the features: the input of the fully connected layer whose output the
     softmax reads, an intermediate tensor of the file (the mobile files keep one output, as MediaPipe wants it).
     LiteRT keeps intermediate tensors readable only with experimental_preserve_all_tensors, at the price of
-    not reusing their memory (a few hundred kB for these models)."""
+    not reusing their memory (a few hundred kB for these models).
+
+    A greyscale model's RGB-input file (tflite_int8_rgb...) given greyscale pixels gets the same value in R, G
+    and B: its luma step gives them back exactly, so it answers as the greyscale file does."""
 
     runtime = "litert"
 
@@ -57,8 +60,13 @@ class LiteRTRunner:
         self.input_shape = tuple(int(v) for v in self._input["shape"][1:])
         self._lock = threading.Lock()
 
+    def _inputs(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[-1] == 1 and self.input_shape[-1] == 3:
+            images = np.repeat(images, 3, axis=-1)
+        return quantize(images, self.input_dtype, self.input_quantization)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        inputs = quantize(images, self.input_dtype, self.input_quantization)
+        inputs = self._inputs(images)
         input_index, output_index = self._input["index"], self._output["index"]
         with self._lock:
             if len(inputs) == 1:  # the common case: one photo per request, no stacking
@@ -75,7 +83,7 @@ class LiteRTRunner:
     def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._features is None:
             raise RuntimeLoadError("this runner was opened without features=True")
-        inputs = quantize(images, self.input_dtype, self.input_quantization)
+        inputs = self._inputs(images)
         input_index, output_index = self._input["index"], self._output["index"]
         feature_index, feature_quantization = self._features
         probabilities, features = [], []

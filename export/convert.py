@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from contract.formats import FORMATS, Format
 from contract.runtime import FEATURES
+from export import tflite_files
 
 log = logging.getLogger("export")
 
@@ -20,7 +21,21 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"
 ONNX_OPSET = 17
-LABELS_METADATA = "labels"  # name of the TFLite metadata entry that holds labels.txt
+LABELS_METADATA = tflite_files.LABELS_METADATA  # the TFLite metadata entry that holds labels.txt (older readers)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the standard TFLite metadata says about the model (MediaPipe and app stores show it)."""
+
+    name: str
+    version: str       # the run and the first digits of best.keras's sha256: the same model, the same bytes
+    description: str   # what the model takes and gives, and the input recipe a photo needs first
+
+    def for_file(self, fmt: Format) -> dict:
+        colour = ("RGB input, converted to grey inside the model exactly as Pillow's convert(\"L\"). "
+                  if fmt.rgb_of else "")
+        return {"name": self.name, "version": self.version, "description": colour + self.description}
 
 
 @dataclass
@@ -32,6 +47,8 @@ class ExportContext:
     calibration: np.ndarray       # uint8 training images for int8 calibration
     opset: int = ONNX_OPSET
     work_dir: Path | None = None  # scratch space (a SavedModel for the TFLite converter, if not exported)
+    identity: ModelIdentity | None = None  # for the standard TFLite metadata (None: a test's own name)
+    converted: dict[str, bytes] = field(default_factory=dict)  # converter output by format (RGB variants reuse it)
 
     def path(self, key: str) -> Path:
         return self.out_dir / FORMATS[key].file
@@ -133,55 +150,42 @@ def representative_dataset(images: np.ndarray):
     return generate
 
 
-def write_tflite(path: Path, flatbuffer: bytes, labels: list[str]) -> Path:
-    path.write_bytes(embed_labels(flatbuffer, labels))
+def write_tflite(ctx: ExportContext, fmt: Format, flatbuffer: bytes) -> Path:
+    """The converter's flatbuffer as the published file: pocketcnn's `labels` entry, for a greyscale model's
+    RGB variant the RGB input, and last the standard TFLite Model Metadata (MediaPipe reads it; nothing may
+    re-serialise the file after it, or the appended labels zip is lost). Parity checks run on these bytes."""
+    data = tflite_files.embed_labels(flatbuffer, ctx.labels)
+    if fmt.rgb_of:
+        data = tflite_files.with_rgb_input(data)
+    identity = ctx.identity or ModelIdentity("model", "0", "An image classifier exported by pocketcnn.")
+    data = tflite_files.with_metadata(data, ctx.labels, **identity.for_file(fmt))
+    path = ctx.path(fmt.key)
+    path.write_bytes(data)
     return path
 
 
-def embed_labels(flatbuffer: bytes, labels: list[str]) -> bytes:
-    """Add labels.txt to the model's metadata table (LiteRT's flatbuffer tools), so an app can read the
-    class names from the .tflite file alone. Inference is unaffected; the parity checks run on these bytes."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer("".join(f"{label}\n" for label in labels).encode("utf-8"), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = LABELS_METADATA
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != LABELS_METADATA.encode()] + [entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+def _convert_float32(ctx: ExportContext) -> bytes:
+    return _tflite_converter(ctx).convert()
 
 
-@timed("TFLite float32")
-def export_tflite_float32(ctx: ExportContext) -> Path:
-    converter = _tflite_converter(ctx)
-    return write_tflite(ctx.path("tflite_float32"), converter.convert(), ctx.labels)
-
-
-@timed("TFLite float16")
-def export_tflite_float16(ctx: ExportContext) -> Path:
+def _convert_float16(ctx: ExportContext) -> bytes:
     import tensorflow as tf
 
     converter = _tflite_converter(ctx)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
-    return write_tflite(ctx.path("tflite_float16"), converter.convert(), ctx.labels)
+    return converter.convert()
 
 
-@timed("TFLite dynamic range")
-def export_tflite_dynamic(ctx: ExportContext) -> Path:
+def _convert_dynamic(ctx: ExportContext) -> bytes:
     import tensorflow as tf
 
     converter = _tflite_converter(ctx)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: weights-only int8
-    return write_tflite(ctx.path("tflite_dynamic"), converter.convert(), ctx.labels)
+    return converter.convert()
 
 
-@timed("TFLite int8")
-def export_tflite_int8(ctx: ExportContext) -> Path:
+def _convert_int8(ctx: ExportContext) -> bytes:
     import tensorflow as tf
 
     converter = _tflite_converter(ctx)
@@ -190,13 +194,33 @@ def export_tflite_int8(ctx: ExportContext) -> Path:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8   # raw pixels straight from the camera
     converter.inference_output_type = tf.uint8
-    return write_tflite(ctx.path("tflite_int8"), converter.convert(), ctx.labels)
+    return converter.convert()
+
+
+TFLITE_CONVERTERS = {"tflite_float32": _convert_float32, "tflite_float16": _convert_float16,
+                     "tflite_dynamic": _convert_dynamic, "tflite_int8": _convert_int8}
+
+
+def converted_tflite(ctx: ExportContext, key: str) -> bytes:
+    """The converter's output for `key`, converted once per export (an RGB variant reuses its base's)."""
+    if key not in ctx.converted:
+        ctx.converted[key] = TFLITE_CONVERTERS[key](ctx)
+    return ctx.converted[key]
+
+
+def export_tflite(ctx: ExportContext, key: str) -> Path:
+    fmt = FORMATS[key]
+    started = time.perf_counter()
+    log.info("%s: exporting...", key)
+    path = write_tflite(ctx, fmt, converted_tflite(ctx, fmt.rgb_of or key))
+    log.info("%s: done in %.1f s (%s)", key, time.perf_counter() - started, _human(_size(path)))
+    return path
 
 
 @timed("TFLite from a fine-tuned model")
 def export_fine_tuned(ctx: ExportContext, fmt: Format, flatbuffer: bytes) -> Path:
-    """A .tflite the tfmot worker converted from its fine-tuned model (QAT, pruning), with labels embedded."""
-    return write_tflite(ctx.path(fmt.key), flatbuffer, ctx.labels)
+    """A .tflite the tfmot worker converted from its fine-tuned model (QAT, pruning), labels and metadata added."""
+    return write_tflite(ctx, fmt, flatbuffer)
 
 
 @timed("ONNX")
@@ -219,6 +243,11 @@ def canonicalize_onnx(proto) -> None:
     node and intermediate tensor gets a name from its position, nothing records when or where it
     was made. Exporting the same model twice then gives the same bytes."""
     graph = proto.graph
+    # The probabilities first (what TF Serving-style clients read as the output), then the features.
+    outputs = sorted(graph.output, key=lambda value: value.name != OUTPUT_NAME)
+    outputs = [type(value).FromString(value.SerializeToString()) for value in outputs]
+    del graph.output[:]
+    graph.output.extend(outputs)
     for value in list(graph.input) + list(graph.output):
         first = value.type.tensor_type.shape.dim[0]
         first.Clear()
@@ -264,11 +293,9 @@ def canonicalize_onnx(proto) -> None:
 # One exporter per format converted from best.keras; formats of fine-tuned models go through export_fine_tuned.
 EXPORTERS = {
     "savedmodel": export_savedmodel,
-    "tflite_float32": export_tflite_float32,
-    "tflite_float16": export_tflite_float16,
-    "tflite_dynamic": export_tflite_dynamic,
-    "tflite_int8": export_tflite_int8,
     "onnx": export_onnx,
+    **{key: functools.partial(export_tflite, key=key) for key, fmt in FORMATS.items()
+       if fmt.is_tflite and fmt.source == "keras"},
 }
 if set(EXPORTERS) != {k for k, f in FORMATS.items() if f.source == "keras"}:
     raise RuntimeError("every format of best.keras in contract/formats.py needs an exporter here")

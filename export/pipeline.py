@@ -16,12 +16,12 @@ import numpy as np
 from contract import decode_image, ood
 from contract import run_folder as rf
 from contract.files import atomic_write_json, sha256_file, storage_error, tree_sha256, tree_size
-from contract.formats import FORMATS, Format, reference_key, source_name
+from contract.formats import FORMATS, MEDIAPIPE_CHANNELS, Format, reference_key, source_name
 from contract.image import png_bytes
 from contract.manifest import SCHEMA, ModelRepository, is_valid_model_name
 from contract.ood import Detector
 from contract.recipes import BORDER_CLUTTER_LIMIT, NOTHING_FOUND, InputRecipe, recipe_for
-from export import calibration, convert, publish, verify
+from export import calibration, convert, publish, tflite_files, verify
 from export.options import ExportOptions
 from export.tfmot_process import FineTuned, FineTuneInputs, fine_tune
 
@@ -192,6 +192,27 @@ def calibrate(model, options: ExportOptions, validation: tuple, test: tuple, sta
     return calibrated, after, summary
 
 
+def model_identity(name: str, run: Path, labels: list[str], input_shape: tuple, recipe: InputRecipe,
+                   calibration_summary: dict | None) -> convert.ModelIdentity:
+    """Name, version and description for the standard TFLite metadata: what an app developer needs to know,
+    above all the input recipe a photo needs before the model (MediaPipe itself only crops and stretches)."""
+    height, width, channels = input_shape
+    temperature = (calibration_summary or {}).get("temperature")
+    recipe_words = {
+        "crop": "centre-crop to the model's aspect ratio, then resize",
+        "pad": "fit the whole photo and pad with the background colour",
+        "product_photo": "Fashion-MNIST's own: trim the plain background, fit the longest side, sharpen, centre on "
+                         "black, light-on-dark, grey"}[recipe.name]
+    description = (
+        f"{name}: {len(labels)} classes ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''}), trained with "
+        f"pocketcnn. Takes {height}x{width} raw 0-255 pixels (the scaling is inside the model); gives calibrated "
+        f"probabilities{f' (temperature {temperature:.3f} inside)' if temperature else ''}. Input recipe "
+        f"{recipe.name} v{recipe.version} ({recipe_words}): apply it to a photo before calling the model; "
+        "pocketcnn's manifest.json (input.recipe) and clients/ondevice.py define it.")
+    version = f"{run.name}+{sha256_file(run / rf.BEST_MODEL)[:12]}"
+    return convert.ModelIdentity(name, version, description)
+
+
 def choose_references(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Indices of up to MAX_REFERENCES test images, one per class: the first one the model gets right
     with at least 90 % (else its most confident correct one). Confident examples keep int8 rounding
@@ -256,8 +277,15 @@ def export_run(options: ExportOptions) -> ExportResult:
                  source_accuracy * 100, len(test_x))
 
         calibration = sample["x"][:options.calibration_images]
+        if input_shape[-1] != 1:
+            skipped = [f.key for f in formats if not f.applies_to(input_shape[-1])]
+            if skipped:
+                log.info("Not exported: %s (the model already takes RGB; its .tflite files are the MediaPipe ones)",
+                         ", ".join(skipped))
+            formats = [f for f in formats if f.applies_to(input_shape[-1])]
+        identity = model_identity(name, run, labels, input_shape, recipe, calibration_summary)
         ctx = convert.ExportContext(model, staging, labels, input_shape, calibration=calibration,
-                                    opset=options.opset, work_dir=scratch)
+                                    opset=options.opset, work_dir=scratch, identity=identity)
         fine_tune_inputs = FineTuneInputs(
             train_x=sample["x"], train_y=sample["y"], calibration=calibration, val_x=validation["x"],
             val_y=validation["y"], test_x=test_x, reference_x=reference_x,
@@ -350,6 +378,11 @@ def convert_and_verify(fmt: Format, ctx: convert.ExportContext, options: ExportO
                        held: verify.HeldOut) -> verify.Verdict:
     try:
         path = convert_file(fmt, ctx, compared, inputs)
+    except tflite_files.MetadataError as err:
+        log.error("%s: the standard TFLite metadata cannot be written: %s", fmt.key, err)
+        verdict = verify.Verdict(fmt.key, status="failed")
+        verdict.failures.append(f"TFLite metadata: {err}")
+        return verdict
     except Exception as err:  # noqa: BLE001 - a converter crash is a failed gate, reported with the rest
         if storage_error(err):
             raise  # not the model's fault: a full or read-only disk is reported as such by export_run
@@ -468,6 +501,14 @@ def build_manifest(card: ModelCard, version: int, verdicts: list[verify.Verdict]
             entry["gzip_bytes"] = len(zlib.compress(path.read_bytes(), 9))  # pruning pays off here
         if fmt.is_tflite:
             entry["labels_embedded"] = convert.LABELS_METADATA
+            found = tflite_files.read_metadata(path.read_bytes())
+            entry["metadata"] = {"standard": "TFLite Model Metadata", "name": found["name"],
+                                 "version": found["version"], "min_parser_version": found["min_parser_version"],
+                                 "associated_files": found["associated_files"]}
+            # MediaPipe Tasks' ImageClassifier takes 3-channel models with one output, and reads the metadata.
+            entry["mediapipe_ready"] = entry["input"].get("shape", [0])[-1] == MEDIAPIPE_CHANNELS
+            if fmt.rgb_of:
+                entry["rgb_of"] = fmt.rgb_of
         if fmt.source != "keras":
             entry["fine_tune"] = compared[fmt.source].fine_tune or {}
         if verdict.ood:

@@ -7,7 +7,8 @@ Runtime sessions are not fork-safe).
 
 Each API is a blueprint of its own: /predict (serve/predict.py), TensorFlow Serving's REST API
 (serve/tfserving.py), operations (serve/operations.py: health, readiness, model, metrics, OpenAPI, the
-page). serve/body_limit.py answers oversized bodies with a 413 before anything reads them.
+page), what the page needs to classify on the device (serve/in_browser.py). serve/body_limit.py answers
+oversized bodies with a 413 before anything reads them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from serve import body_limit, operations, predict, tfserving
+from serve import body_limit, in_browser, operations, predict, tfserving
 from serve.inputs import ApiError
 from serve.metrics import Metrics
 from serve.model import ModelManager, NotReady
@@ -59,6 +60,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(predict.blueprint(service))
     app.register_blueprint(tfserving.blueprint(service))
     app.register_blueprint(operations.blueprint(service))
+    app.register_blueprint(in_browser.blueprint(service))
     register_error_handlers(app, settings)
     if settings.load_in_background:
         manager.start()

@@ -42,6 +42,8 @@ class Settings:
                                             "(false: before create_app returns)")
     first_load_wait_seconds: float = option(20.0, "how long a new worker waits for its first load before taking "
                                                   "connections (below request_timeout)")
+    web_runtime: str = option("", "folder of onnxruntime-web's files for the page's on-device mode; empty: "
+                                  "web/node_modules/onnxruntime-web/dist (make web)")
     bind: str = option("127.0.0.1:8000", "address (the container uses `0.0.0.0:8000`)")
     workers: int = option(0, "gunicorn worker processes; 0: one per core")
     threads: int = option(4, "threads per worker (they overlap network I/O)")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import shutil
 import struct
+import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -160,3 +163,24 @@ class AnswerCounter:
     def __call__(self, outcome) -> None:
         with self._lock:
             self.count += 1
+
+
+def answers(url: str, photos: list[bytes]) -> list[dict]:
+    """The service's answers over HTTP (one kept-alive connection), one per photo."""
+    where = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    found = []
+    try:
+        for photo in photos:
+            connection.request("POST", "/predict", body=photo, headers={"Content-Type": "application/octet-stream"})
+            response = connection.getresponse()
+            found.append(json.loads(response.read()))
+            assert response.status == 200, found[-1]
+    finally:
+        connection.close()
+    return found
+
+
+def served_manifest(url: str) -> dict:
+    with urllib.request.urlopen(url + "/model", timeout=10) as response:
+        return json.loads(response.read())["manifest"]

@@ -254,6 +254,30 @@ def test_a_failed_gate_publishes_nothing_and_says_why(trained_run, tmp_path, cap
     assert results["published"] is None and results["artifacts"]["onnx"]["status"] in ("passed", "failed")
 
 
+def test_a_file_that_cannot_get_standard_metadata_fails_its_gate(trained_run, tmp_path, capsys, monkeypatch):
+    """An int8 input quantized other than (1.0, 0) would be fed raw pixels by MediaPipe and compute something else:
+    the metadata writer refuses it, export exits 3 and publishes nothing."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from export import tflite_files
+
+    real = tflite_files.with_metadata
+
+    def with_other_input_scale(flatbuffer, *args, **kwargs):
+        model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+        graph = model.subgraphs[0]
+        graph.tensors[graph.inputs[0]].quantization.scale = np.array([0.5], np.float32)
+        return real(tflite_files._pack(model), *args, **kwargs)
+
+    monkeypatch.setattr(tflite_files, "with_metadata", with_other_input_scale)
+    code = export_main([str(trained_run), "--models-dir", str(tmp_path / "models"), "--formats", "tflite_int8",
+                        *SESSION_EXPORT_GATES])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "tflite_int8: TFLite metadata: the uint8 input is quantized (0.5, 0), not exactly (1.0, 0)" in err
+    assert ModelRepository(tmp_path / "models").versions("fashion_mnist") == []
+
+
 def test_a_killed_export_leaves_no_visible_version(trained_run, tmp_path, python):
     models = tmp_path / "models"
     process = subprocess.Popen([python, "-m", "export", str(trained_run), "--models-dir", str(models), "--quiet",

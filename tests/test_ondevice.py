@@ -154,7 +154,8 @@ def test_exif_rotation_is_applied_not_ignored(fashion_mnist_test):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_file", ["model_int8.tflite", "model_float32.tflite", "model_qat_int8.tflite"])
+@pytest.mark.parametrize("model_file", ["model_int8.tflite", "model_float32.tflite", "model_qat_int8.tflite",
+                                        "model_int8_rgb.tflite"])
 def test_on_device_results_equal_the_runtime_on_the_contract_tensor(bundle_zip, published_version,
                                                                     fashion_mnist_test, model_file):
     """For real test images as PNG: the app's pipeline (bundle, own decoder, own quantization) gives the
@@ -168,7 +169,7 @@ def test_on_device_results_equal_the_runtime_on_the_contract_tensor(bundle_zip, 
     for png, expected in zip(pngs, served, strict=True):
         on_device = classifier.probabilities(classifier.decode(png))
         np.testing.assert_allclose(on_device, expected, rtol=0, atol=1e-6)
-        assert classifier.classify(png)[0]["index"] == int(np.argmax(expected))
+        assert classifier.classify(png)["predictions"][0]["index"] == int(np.argmax(expected))
     bundle.close()
 
 
@@ -183,7 +184,7 @@ def test_classify_gives_every_label_once_most_likely_first(bundle_zip, fashion_m
     assert percents == sorted(percents, reverse=True)
     assert sum(percents) == pytest.approx(100, abs=0.06)  # each share rounded to 2 decimals
     # The model is about 85 % accurate: across 200 real images most top classes are the true ones.
-    hits = sum(classifier.classify(png_bytes(x[i]))[0]["index"] == y[i] for i in range(200))
+    hits = sum(classifier.classify(png_bytes(x[i]))["predictions"][0]["index"] == y[i] for i in range(200))
     assert hits >= 150
     bundle.close()
 
@@ -218,6 +219,25 @@ def test_embedded_labels_are_really_read(bundle_zip, tmp_path):
     with pytest.raises(ondevice.BundleError, match="carries labels"):
         ondevice.Classifier(bundle)
     bundle.close()
+
+
+@pytest.mark.slow
+def test_verify_checks_the_standard_metadata_an_app_reads(bundle_zip, tmp_path):
+    """--verify reads the TFLite Model Metadata MediaPipe uses: a file whose labels zip names other classes (its
+    pocketcnn labels entry and its outputs unchanged) fails, and says why."""
+    from export.tflite_files import read_metadata, with_metadata
+
+    with zipfile.ZipFile(bundle_zip) as archive:
+        original = archive.read("model_int8_rgb.tflite")
+    found = read_metadata(original)
+    wrong = list(reversed(found["labels"]))
+    doctored = doctored_bundle(bundle_zip, tmp_path / "metadata.zip", {"model_int8_rgb.tflite": with_metadata(
+        original, wrong, found["name"], found["version"], found["description"])})
+    with ondevice.Bundle(bundle_zip) as bundle:
+        assert all(check.passed for check in ondevice.verify_bundle(bundle, ["model_int8_rgb.tflite"]))
+    with ondevice.Bundle(doctored) as bundle:
+        check = ondevice.verify_bundle(bundle, ["model_int8_rgb.tflite"])[0]
+    assert any("labels file inside the .tflite" in failure for failure in check.failures), check.failures
 
 
 @pytest.mark.slow
@@ -388,7 +408,7 @@ def test_on_device_top_class_equals_the_services(live_server, bundle_zip, fashio
         served = predict(photo, url=live_server)["predictions"]
         if not same_file and served[0]["percent"] - served[1]["percent"] < 0.05:
             continue  # a float32 near-tie may fall either way between two runtimes
-        assert classifier.classify(photo)[0]["label"] == served[0]["label"]
+        assert classifier.classify(photo)["predictions"][0]["label"] == served[0]["label"]
         compared += 1
     assert compared >= 55
     bundle.close()

@@ -4,7 +4,10 @@ nothing from elsewhere, and fit a phone's screen."""
 
 from __future__ import annotations
 
+import base64
+import io
 import re
+import shutil
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import png_bytes
+from helpers import answers, png_bytes
+from PIL import Image
 
 from bench.browser import chromium_installed, headless_chromium
 from clients.predict import ServiceError, predict
@@ -209,3 +213,234 @@ def test_the_page_fits_a_phone_screen(browser, live_server, photos):
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
+
+
+# --- classify on this device: onnxruntime-web in the page (serve/in_browser.py, device.mjs, recipes.mjs) -------
+
+def run_module(driver, body: str, *args):
+    """Run `body` (an async function body, with the page's modules imported as `device` and `recipes`) in the page
+    and return what it returns; an exception comes back as {"error": message}."""
+    driver.set_script_timeout(120)
+    return driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const args = Array.from(arguments).slice(0, -1);
+        Promise.all([import('./ondevice/device.mjs'), import('./ondevice/recipes.mjs')])
+          .then(([device, recipes]) => (async (device, recipes, args) => {""" + body + """})(device, recipes, args))
+          .then(done, (err) => done({error: String(err && err.stack || err)}));""", *args)
+
+
+def decoded_pixels(data: bytes) -> np.ndarray:
+    """What a browser's decoder gives for a photo: all of it, in colour, as Pillow decodes it (no JPEG draft)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def recipe_cases(fashion_mnist_test) -> list[tuple[str, np.ndarray, str, int]]:
+    """(name, decoded pixels, recipe, channels): product photos under each phone condition, greyscale and colour
+    pictures, and the edge cases."""
+    from bench.product_photos import product_photo
+
+    x, _ = fashion_mnist_test
+    cases = []
+    for i in range(24):
+        photo = decoded_pixels(product_photo(x[i], seed=i, size=(320, 240)))
+        cases.append((f"product photo {i}", photo, "product_photo", 1))
+    grey_photo = np.asarray(Image.fromarray(x[30][..., 0]).resize((90, 90), Image.Resampling.BICUBIC))[..., None]
+    cases += [("greyscale light-on-dark", grey_photo, "product_photo", 1),
+              ("greyscale dark-on-light", 255 - grey_photo, "product_photo", 1),
+              ("model size, dark background", x[31], "product_photo", 1),
+              ("colour model", decoded_pixels(product_photo(x[32], seed=32, size=(200, 150))), "product_photo", 3),
+              ("all white", np.full((50, 70, 3), 255, np.uint8), "product_photo", 1),
+              ("1x1", np.full((1, 1, 3), 90, np.uint8), "product_photo", 1),
+              ("noise", np.random.default_rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8), "product_photo", 1)]
+    for recipe in ("crop", "pad"):
+        for channels in (1, 3):
+            cases.append((f"{recipe} {channels}", decoded_pixels(product_photo(x[40 + channels], seed=40,
+                                                                               size=(300, 180))), recipe, channels))
+    return cases
+
+
+def test_the_pages_recipes_give_the_contracts_bytes(browser, live_server, fashion_mnist_test):
+    """recipes.mjs against contract/recipes.py on the same decoded pixels: byte for byte, and the same photo doubt."""
+    from contract.recipes import apply_recipe
+
+    open_page(browser, live_server + "/")
+    for name, pixels, recipe, channels in recipe_cases(fashion_mnist_test):
+        notes: dict = {}
+        expected = apply_recipe(pixels, 28, 28, channels, recipe, notes)
+        found = run_module(browser, """
+            const [b64, h, w, c, recipe, channels] = args;
+            const data = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+            const notes = {};
+            const out = recipes.applyRecipe(recipes.picture(h, w, c, data), 28, 28, channels, recipe, notes);
+            return {data: btoa(String.fromCharCode(...out.data)), c: out.c, doubt: notes.photo_doubt};""",
+            base64.b64encode(pixels.tobytes()).decode(), pixels.shape[0], pixels.shape[1], pixels.shape[2], recipe,
+            channels)
+        assert "error" not in found, found
+        got = np.frombuffer(base64.b64decode(found["data"]), np.uint8)
+        assert found["c"] == channels and np.array_equal(got, expected.reshape(-1)), name
+        assert found["doubt"] == notes.get("photo_doubt", 0.0), name
+
+
+@pytest.fixture(scope="module")
+def onnx_server(model_repository):
+    """gunicorn serving the session model's ONNX file: the file the page runs on the device, so that answers can
+    be compared like for like."""
+    from serve.testing import GunicornServer
+
+    server = GunicornServer(model_repository, env={"POCKETCNN_MODEL_FORMAT": "onnx"}).start()
+    yield server
+    server.stop()
+
+
+def enable_on_device(driver, url: str) -> None:
+    open_page(driver, url + "/")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.device") in ("off", "ready"))
+    driver.execute_script("const box = document.getElementById('on-device'); if (!box.checked) box.click();")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.device") in ("ready", "failed"))
+    assert driver.execute_script("return document.body.dataset.device") == "ready", driver.execute_script(
+        "return document.getElementById('where-note').textContent")
+
+
+def disable_on_device(driver) -> None:
+    driver.execute_script("const box = document.getElementById('on-device'); if (box.checked) box.click();")
+
+
+@pytest.mark.slow
+def test_fed_the_same_pixels_the_device_gives_the_services_percentages(browser, onnx_server, published_version,
+                                                                       fashion_mnist_test):
+    """The model in the browser (onnxruntime-web, WebAssembly) on the contract's pixels: ONNX Runtime's
+    probabilities within the ONNX file's tolerance, and the service's out-of-distribution scores."""
+    from bench.product_photos import product_photo
+    from contract import decode_image, read_manifest
+    from contract.runtime import open_runner
+
+    manifest = read_manifest(published_version)
+    tolerance = manifest["artifacts"]["onnx"]["gates"]["max_abs_diff"]
+    x, _ = fashion_mnist_test
+    photos = [png_bytes(x[i]) for i in range(20)] + [product_photo(x[i], seed=i) for i in range(20, 40)]
+    enable_on_device(browser, onnx_server.url)
+    runner = open_runner(published_version / "model.onnx", "onnxruntime")
+    served = answers(onnx_server.url, photos)
+    for photo, answer in zip(photos, served, strict=True):
+        notes: dict = {}
+        pixels = decode_image(photo, 28, 28, 1, recipe="product_photo", notes=notes)
+        found = run_module(browser, """
+            const [b64, doubt] = args;
+            const dev = await device.loadDevice();
+            const run = await dev.run(Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)));
+            return {p: Array.from(run.probabilities), ood: dev.oodScore(run.features, doubt)};""",
+            base64.b64encode(pixels.tobytes()).decode(), notes["photo_doubt"])
+        assert "error" not in found, found
+        assert np.abs(np.array(found["p"]) - runner.predict(pixels[None])[0]).max() <= tolerance
+        assert found["ood"] == pytest.approx(answer["ood_score"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_photos_classified_on_the_device_get_the_services_answers(browser, onnx_server, fashion_mnist_test,
+                                                                  tmp_path):
+    """Uploaded through the page with "on this device" on: the browser decodes the photo and applies the recipe in
+    JavaScript; the same top class as /predict on every held-out PNG and on at least 98 % of phone-like photos."""
+    from bench.product_photos import product_photo
+
+    x, _ = fashion_mnist_test
+    files = []
+    for i in range(30):
+        files.append(("png", tmp_path / f"held_out_{i}.png", png_bytes(x[-1 - i])))
+        files.append(("photo", tmp_path / f"photo_{i}.jpg", product_photo(x[i], seed=100 + i)))
+    for _, path, data in files:
+        path.write_bytes(data)
+    served = answers(onnx_server.url, [data for _, _, data in files])
+    enable_on_device(browser, onnx_server.url)
+    same = {"png": [], "photo": []}
+    for (kind, path, _), answer in zip(files, served, strict=True):
+        upload(browser, path)
+        assert wait_for_outcome(browser) == "done"
+        bars = read_bars(browser)
+        same[kind].append(bars[0]["label"] == answer["predictions"][0]["label"])
+        model = browser.execute_script("return document.getElementById('model').textContent")
+        assert "on this device" in model
+    disable_on_device(browser)
+    assert all(same["png"]), same["png"]
+    assert np.mean(same["photo"]) >= 0.98, same["photo"]
+    names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert not any(urllib.parse.urlsplit(name).path == "/predict" for name in names), "no photo left the page"
+
+
+@pytest.mark.slow
+def test_on_the_device_the_page_works_offline_once_loaded(model_repository, tmp_path_factory, photos):
+    """With the model loaded once, the service stops: the page still opens (its service worker) and classifies."""
+    from serve.testing import GunicornServer
+
+    server = GunicornServer(model_repository, env={"POCKETCNN_MODEL_FORMAT": "onnx"}).start()
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium-offline"))
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        enable_on_device(driver, server.url)
+        wait(driver, lambda d: d.execute_script("return !!navigator.serviceWorker.controller"))
+        enable_on_device(driver, server.url)  # reloaded under the service worker: everything is in its cache
+        server.stop()
+        driver.refresh()
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.device") == "ready")
+        upload(driver, photos[2])
+        assert wait_for_outcome(driver) == "done"
+        assert read_bars(driver)[0]["label"] == "Ankle boot"
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_without_the_web_runtime_the_page_says_why_and_uses_the_service(tiny_repository, browser, photos):
+    from tiny_model import TINY_FORMAT
+
+    from serve.testing import GunicornServer
+
+    server = GunicornServer(tiny_repository, env={"POCKETCNN_MODEL_FORMAT": TINY_FORMAT,
+                                                  "POCKETCNN_WEB_RUNTIME": "/nonexistent/dist"}).start()
+    try:
+        open_page(browser, server.url + "/")
+        wait(browser, lambda d: d.execute_script("return document.body.dataset.device") == "unavailable")
+        state = browser.execute_script("""return {disabled: document.getElementById('on-device').disabled,
+            note: document.getElementById('where-note').textContent}""")
+        assert state["disabled"] and "without the in-browser runtime" in state["note"] and "make web" in state["note"]
+        upload(browser, photos[0])
+        assert wait_for_outcome(browser) == "done"
+    finally:
+        server.stop()
+
+
+def test_a_runtime_that_cannot_load_falls_back_to_the_service_and_says_so(tiny_repository, browser, photos,
+                                                                          tmp_path):
+    """A broken WebAssembly file: the page says it could not load the model here and sends the photo instead."""
+    from tiny_model import TINY_FORMAT
+
+    from serve.in_browser import DEFAULT_RUNTIME_DIR, RUNTIME_FILES
+    from serve.testing import GunicornServer
+
+    if not DEFAULT_RUNTIME_DIR.is_dir():
+        pytest.skip("the web runtime is not installed (make web)")
+    broken = tmp_path / "onnxruntime-web" / "dist"
+    broken.mkdir(parents=True)
+    shutil.copy(DEFAULT_RUNTIME_DIR.parent / "package.json", broken.parent / "package.json")
+    for name in RUNTIME_FILES:
+        shutil.copy(DEFAULT_RUNTIME_DIR / name, broken / name)
+    (broken / "ort-wasm-simd-threaded.wasm").write_bytes(b"\0asm broken")
+    server = GunicornServer(tiny_repository, env={"POCKETCNN_MODEL_FORMAT": TINY_FORMAT,
+                                                  "POCKETCNN_WEB_RUNTIME": str(broken)}).start()
+    try:
+        open_page(browser, server.url + "/")
+        wait(browser, lambda d: d.execute_script("return document.body.dataset.device") == "off")
+        browser.execute_script("document.getElementById('on-device').click()")
+        upload(browser, photos[1])
+        assert wait_for_outcome(browser) == "done"
+        state = browser.execute_script("""return {device: document.body.dataset.device,
+            checked: document.getElementById('on-device').checked,
+            note: document.getElementById('where-note').textContent,
+            model: document.getElementById('model').textContent}""")
+        assert state["device"] == "failed" and not state["checked"]
+        assert "Could not load the model in this browser" in state["note"] and "go to the service" in state["note"]
+        assert "on this device" not in state["model"], "answered by the service"
+    finally:
+        server.stop()
