@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import encode, png_bytes, to_picture
+from helpers import ROOT, encode, png_bytes, to_picture
 from PIL import Image
 
 from clients import ondevice
@@ -104,6 +104,13 @@ PHOTO_VARIANTS = {
     "16-bit png": lambda x: _sixteen_bit_png(x[7]),
     "webp 56x56": lambda x: encode(to_picture(x[8]).resize((56, 56)), "WEBP", lossless=True),
 }
+
+
+def test_the_clients_copy_of_the_recipes_is_current(python):
+    """clients/ondevice.py carries contract/recipes.py's arithmetic, copied by scripts/sync_ondevice_recipes.py."""
+    done = subprocess.run([python, "scripts/sync_ondevice_recipes.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("recipe", ["crop", "pad", "product_photo"])

@@ -15,6 +15,7 @@ export const NOTHING_FOUND = 2.0;
 const CORNER_TOLERANCE = 51.0;
 const SPECK_SHARE = 0.004;
 const SHARPEN = 5;
+const LEVELS_PERCENTILE = 99;
 export const WORKING_SCALE = { crop: 2, pad: 2, product_photo: 2 };
 
 export function picture(h, w, c, data) {
@@ -228,7 +229,7 @@ export function productPhoto(p, height, width, channels, notes = {}) {
     return pasteCentred(resample(cropWindow(p, top, bottom, left, right), window, fittedWidth, fittedHeight),
       height, width, fill);
   }
-  const strength = strengthOf(values, background, light, neighbours, h, w, c, top, bottom, left, right);
+  const strength = levels(strengthOf(values, background, light, neighbours, h, w, c, top, bottom, left, right));
   let fitted = resample(strength, window, fittedWidth, fittedHeight);
   if (light) fitted = sharpen(fitted);
   return pasteCentred(fitted, height, width, [0]);
@@ -452,6 +453,15 @@ function strengthOf(values, background, light, around, h, w, c, top, bottom, lef
       out.data[(y - top) * out.w + (x - left)] = Math.floor(strength * 255.0 * soft + 0.5);
     }
   }
+  return out;
+}
+
+function levels(p) {
+  const garment = Array.from(p.data).filter((v) => v > 0).sort((a, b) => a - b);
+  if (!garment.length) return p;
+  const top = garment[Math.floor((garment.length - 1) * LEVELS_PERCENTILE / 100)];
+  const out = picture(p.h, p.w, 1);
+  for (let i = 0; i < p.data.length; i++) out.data[i] = Math.min(Math.floor((p.data[i] * 255 + Math.floor(top / 2)) / top), 255);
   return out;
 }
 
