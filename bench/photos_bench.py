@@ -5,7 +5,10 @@
     the old centre crop: accuracy, expected calibration error (15 bins, top-1), share flagged as unknown;
   - real photos of other things (bench/foreign_photos.py): the `selection` set the detector's settings were
     chosen on, and the `report` set, measured only: share flagged;
-  - a reliability diagram of the held-out images and the product photos (docs/images/reliability.png).
+  - a reliability diagram of the held-out images and the product photos (docs/images/reliability.png);
+  - what the recipe costs the service: requests per second on the benchmark's 640x480 JPEG under gunicorn and
+    wrk (bench/serve_bench.py), the version as published against the same version with the crop recipe, in
+    turn.
 
     python -m bench.photos_bench --version bench/models/fashion_mnist/3 --out bench/results/photos.json
 """
@@ -33,13 +36,7 @@ def service(version: Path, recipe: dict | None = None):
     """The service on a copy of `version` (with its input recipe replaced by `recipe`, if given)."""
     from serve import create_app
 
-    repository = Path(tempfile.mkdtemp(prefix="pocketcnn-photos-"))
-    copy = repository / version.parent.name / version.name
-    shutil.copytree(version, copy)
-    if recipe is not None:
-        manifest = read_manifest(copy)
-        manifest["input"]["recipe"] = recipe
-        (copy / "manifest.json").write_text(json.dumps(manifest))
+    repository = copy_with_recipe(version, recipe)
     app = create_app({"MODEL_REPOSITORY": str(repository), "LOAD_IN_BACKGROUND": False, "POLL_SECONDS": 0})
     if app.extensions["pocketcnn"].current is None:
         raise SystemExit(f"no servable model in {version}: {app.extensions['pocketcnn'].reason}")
@@ -61,6 +58,43 @@ def ask(app, photos: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(probabilities), np.asarray(flags), np.asarray(scores, dtype=float)
 
 
+def copy_with_recipe(version: Path, recipe: dict | None) -> Path:
+    """A model repository holding a copy of `version`, its input recipe replaced by `recipe` (if given)."""
+    repository = Path(tempfile.mkdtemp(prefix="pocketcnn-photos-"))
+    copy = repository / version.parent.name / version.name
+    shutil.copytree(version, copy)
+    if recipe is not None:
+        manifest = read_manifest(copy)
+        manifest["input"]["recipe"] = recipe
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    return repository
+
+
+def recipe_cost(version: Path, seconds: int = 4, rounds: int = 5, connections: int = 8) -> dict:
+    """Requests per second on the 640x480 JPEG: the version's own recipe against crop, measured in turn."""
+    from bench.serve_bench import Server, interleaved, make_images, median_ratio, warm_up
+
+    image = make_images(Path(tempfile.mkdtemp(prefix="pocketcnn-images-")))["jpeg_640x480"]
+    repositories = {"recipe": copy_with_recipe(version, None),
+                    "crop": copy_with_recipe(version, {"name": "crop", "version": 1})}
+    servers = {name: Server("serve:create_app()", {"POCKETCNN_MODEL_REPOSITORY": str(repository),
+                                                   "POCKETCNN_POLL_SECONDS": "0"}, workers=2, threads=4)
+               for name, repository in repositories.items()}
+    try:
+        for server in servers.values():
+            server.start()
+            warm_up(server.url, image)
+        found = interleaved(servers, image, connections, seconds, rounds)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for repository in repositories.values():
+            shutil.rmtree(repository, ignore_errors=True)
+    ratio = median_ratio(found["recipe"], found["crop"])
+    return {"connections": connections, "recipe": found["recipe"], "crop": found["crop"],
+            "recipe_over_crop": ratio, "cost": 1 - ratio}
+
+
 def summary(probabilities: np.ndarray, labels: np.ndarray | None, flags: np.ndarray) -> dict:
     found = {"images": int(len(flags)), "flagged": float(flags.mean())}
     if labels is not None:
@@ -76,6 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--products", type=int, default=1000, help="product-style photos (default 1000)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "photos.json")
     parser.add_argument("--diagram", type=Path, default=ROOT / "docs" / "images" / "reliability.png")
+    parser.add_argument("--no-cost", action="store_true", help="skip the serving cost (gunicorn and wrk)")
     args = parser.parse_args(argv)
     from contract.image import png_bytes
     from train.data import load_fashion_mnist
@@ -107,6 +142,10 @@ def main(argv=None) -> dict:
     for which in ("selection", "report"):
         print(f"foreign {which}: {results[f'foreign_{which}']['flagged'] * 100:.1f} % of "
               f"{results[f'foreign_{which}']['images']} flagged", flush=True)
+    if not args.no_cost:
+        results["serving_cost"] = recipe_cost(args.version)
+        print(f"serving cost of the recipe on the 640x480 JPEG: {results['serving_cost']['cost'] * 100:.1f} % of "
+              "the requests per second", flush=True)
     args.diagram.parent.mkdir(parents=True, exist_ok=True)
     reliability_diagram(curves, args.diagram, "Reliability of the served percentages")
     args.out.parent.mkdir(parents=True, exist_ok=True)
