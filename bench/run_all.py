@@ -8,6 +8,7 @@
              (bench/ondevice_bench.py)
   5. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py)
   6. the README's pictures from that run and a real browser (bench/docs_images.py)
+  7. the full install, a short train and export on Python 3.12 and 3.13 (bench/python_versions.py)
 
     python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
     python -m bench.run_all --run bench/runs/<id>   # reuse a trained run, redo export and serve
@@ -49,6 +50,14 @@ TRIED_FOR_SERVING = """Tried for the share of the ceiling on 2026-11-27 and not 
 - **A lock around each request's handling,** so a worker runs one at a time: no clear change.
 - **A smaller model** (conv blocks 24-48-96, 57 % of the multiply-adds): 92.28 % test accuracy with the
   default recipe, below the 93.0 % training target.
+
+Tried on 2026-11-30 for the code-health issue and not adopted:
+
+- **gunicorn's own `reuse_port`** instead of the worker's connection balancing: throughput within noise
+  (28×28 PNG at c=8/32: 902/941 vs 927/1,056 req/s), but kept-alive connections split evenly in only 5 of 12
+  trials, and a graceful reload under load lost 9 of 6,000 requests (`serve/gunicorn_worker.py`).
+- **The `multipart` package** (2.0.1) instead of `serve/multipart.py`: 0.012 vs 0.031 ms for a 28×28 PNG
+  upload, the same on 4 MB, but it refused 1,790 of 2,000 bodies Werkzeug reads (`serve/multipart.py`).
 """
 
 
@@ -222,10 +231,29 @@ def ondevice_section(ondevice: dict) -> list[str]:
     return lines + [""]
 
 
+def python_versions_section(found: dict) -> list[str]:
+    lines = ["## Python versions", "",
+             "The full install (`pip install -c constraints.txt '.[train,export,serve]'`) in a fresh environment on "
+             "each version, then `python -m train` (1 epoch, 3,000 images), `python -m export` (tflite_int8, "
+             "tflite_int8_rgb, onnx, QAT) and a held-out PNG through the service's code; the same files served by "
+             "`.venv` (Python 3.11) must give the same answer (`bench/python_versions.py`).", "",
+             "| Python | install | train | export | answer | same on 3.11 | |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for minor, r in found.items():
+        seconds = r.get("seconds", {})
+        top = r.get("top", {})
+        answer = f"{top.get('label', r.get('error', '-'))} {top.get('percent', '')}"
+        lines.append(f"| {r.get('version', minor)} | {seconds.get('install', '-')} s | {seconds.get('train', '-')} s | "
+                     f"{seconds.get('export', '-')} s | {answer} | {r.get('same_answer_on_3.11', '-')} | "
+                     f"{verdict(r.get('passed', False))} |")
+    return lines + [""]
+
+
 def more_sections() -> str:
     """The report's sections of the stages whose results are on disk (photos, on the device)."""
     lines = [""]
-    for name, section in (("photos.json", photos_section), ("ondevice.json", ondevice_section)):
+    for name, section in (("photos.json", photos_section), ("ondevice.json", ondevice_section),
+                          ("python_versions.json", python_versions_section)):
         if (RESULTS / name).is_file():
             lines += section(json.loads((RESULTS / name).read_text()))
     return "\n".join(lines)
@@ -521,6 +549,10 @@ def main(argv=None) -> None:
     (ROOT / "BENCHMARKS.md").write_text(report)
     print("\n" + report)
     docs_images.main(["--run", str(run_dir), "--models", str(ROOT / "bench" / "models")])
+    run([sys.executable, "-m", "bench.python_versions", "--out", str(RESULTS / "python_versions.json")],
+        RESULTS / "python_versions.log")
+    (ROOT / "BENCHMARKS.md").write_text(write_report(train, export, serve, costs, command, train_runs)
+                                        + more_sections())
 
 
 if __name__ == "__main__":
