@@ -315,7 +315,8 @@ def export_run(options: ExportOptions) -> ExportResult:
             "model_sha256": sha256_file(run / rf.BEST_MODEL),
             "accuracy": source_accuracy,
             "test_images": int(len(test_x)),
-            "training": {k: config.get(k) for k in ("dataset", "epochs", "seed", "filters", "optimizer")},
+            "training": {k: config.get(k) for k in ("dataset", "recipe", "epochs", "seed", "filters", "convs_per_block",
+                                                    "optimizer", "lr_schedule")},
         }
         card = ModelCard(name, labels, input_shape, recipe, source, calibration_summary,
                          ood_summary(recipe, compared))

@@ -16,7 +16,8 @@ from train.model import ModelConfigError, compile_model, make_model, make_optimi
 
 @pytest.fixture(scope="module")
 def model():
-    return make_model((28, 28, 1), 10, TrainConfig())
+    """The default model, with the augmentation layers (off by default) switched on: both kinds of randomness."""
+    return make_model((28, 28, 1), 10, TrainConfig(augment=True))
 
 
 @pytest.fixture(scope="module")

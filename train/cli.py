@@ -15,6 +15,7 @@ from train.config import TrainConfig
 EPILOG = """\
 examples:
   python -m train                                   # the benchmark recipe on Fashion-MNIST
+  python -m train --recipe quick                    # the same for 5 epochs: what `make run` trains first
   python -m train --dataset folder --data-dir photos/ --image-size 96 --epochs 30
   python -m train --resume runs/20261122-120000-fashion_mnist   # continue a killed run
 
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
+    # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512-VNNI, BF16 or AMX; on AVX2 they cut
+    # the CPU time of a training step by a third (BENCHMARKS.md). Before TensorFlow loads (the Makefile sets it too,
+    # for processes that load TensorFlow before this).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
     from train.data import DataError
     from train.model import ModelConfigError

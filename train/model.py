@@ -102,7 +102,14 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """A number (the plateau schedule changes it from a callback) or a cosine decay over every step."""
+    """A number (the plateau schedule changes it from a callback), a cosine decay over every step, or one cycle:
+    a linear warm-up from a tenth of the peak, then a cosine decay to the minimum at the last step."""
+    if config.lr_schedule == "onecycle":
+        warmup = min(max(1, round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate / 10, decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+            alpha=min(1.0, config.min_learning_rate / config.learning_rate),
+            warmup_target=config.learning_rate, warmup_steps=warmup)
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch),

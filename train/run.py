@@ -15,7 +15,7 @@ import numpy as np
 
 from contract import run_folder as rf
 from contract.files import atomic_write_json
-from train.config import TrainConfig, resolved_input_recipe
+from train.config import QUICK_EPOCHS, TrainConfig, resolved_input_recipe
 from train.data import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
 
     resuming = run_dir is not None
     config = replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe))
+    if config.recipe == "quick":
+        config = replace(config, epochs=QUICK_EPOCHS)
     dataset = load_dataset(config)  # data errors surface before any folder is made
     log.info(dataset.summary())
     run_dir = Path(run_dir) if resuming else new_run_dir(config)
@@ -215,6 +217,10 @@ def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: fl
     point_latest(run_dir)
     print(f"Test accuracy of best.keras (epoch {metrics['best_epoch']}): {metrics['test_accuracy'] * 100:.2f} %  "
           f"-> {run_dir}")
+    if config.recipe == "quick":
+        print(f"This is the quick first-run recipe ({config.epochs} epochs), to have a model to try now. The full "
+              "recipe (`make train`, 10 epochs, about 93 %) and `make export` publish a better version, which a "
+              "running service switches to by itself.")
     return metrics
 
 
