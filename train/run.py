@@ -51,31 +51,23 @@ def load_run_config(run_dir: Path, finished_is_ok: bool = False) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        # Reads the cluster from TF_CONFIG; with no TF_CONFIG it is a single worker.
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()  # the default: no distribution
-
-
-def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) -> Path:
-    """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder."""
+def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) -> Path | None:
+    """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder
+    (on a worker that is not the chief of a multi-worker cluster: the run folder if known, else None)."""
     import keras
+
+    from train.cluster import make_cluster
 
     resuming = run_dir is not None
     config = replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe))
     dataset = load_dataset(config)  # data errors surface before any folder is made
     log.info(dataset.summary())
-    run_dir = Path(run_dir) if resuming else new_run_dir(config)
-    log.info("Run folder: %s", run_dir)
-    if not resuming:
-        atomic_write_json(run_dir / rf.CONFIG, asdict(config))
-    rf.write_labels(run_dir / rf.LABELS, dataset.labels)
-    save_arrays(run_dir, dataset, config)
+    cluster = make_cluster(config.strategy)  # before any other TensorFlow operation; waits for every worker
+    if cluster.multi_worker:
+        log.info("Training as %s", cluster.describe())
+    run_dir = prepare_run_folder(config, Path(run_dir) if resuming else None, dataset, cluster)
+    if run_dir is not None:
+        log.info("Run folder: %s", run_dir)
 
     keras.utils.set_random_seed(config.seed)
     policy = compute_policy(config.precision)
@@ -83,45 +75,104 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _fit_and_finish(config, dataset, run_dir, resuming, extra_callbacks)
+        return _fit_and_finish(config, dataset, run_dir, resuming, extra_callbacks, cluster)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)  # a process-wide setting: leave it as found
 
 
-def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resuming: bool, extra_callbacks) -> Path:
+def prepare_run_folder(config: TrainConfig, run_dir: Path | None, dataset: Dataset, cluster) -> Path | None:
+    """The chief creates the run folder (or reopens the one being resumed) and writes what is known before
+    training: config, labels, arrays. The other workers write nothing there; they learn whether the chief
+    could start, so that a refusal stops every worker rather than leaving them waiting for it."""
+    failure = None
+    if cluster.chief:
+        try:
+            if run_dir is None:
+                run_dir = new_run_dir(config)
+                atomic_write_json(run_dir / rf.CONFIG, asdict(config))
+            rf.write_labels(run_dir / rf.LABELS, dataset.labels)
+            save_arrays(run_dir, dataset, config)
+        except Exception as err:  # noqa: BLE001 - re-raised below, once every worker knows
+            failure = err
+    _, every_worker_ready = cluster.agree([], ok=failure is None)
+    if failure is not None:
+        raise failure
+    if not every_worker_ready:
+        raise RunError(f"{cluster.describe()}: the chief could not start the run (its output says why); stopping.")
+    return run_dir
+
+
+def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path | None, resuming: bool, extra_callbacks,
+                    cluster=None) -> Path | None:
+    from train.cluster import Cluster, ScratchFolder, is_peer_failure, lost_peer
+
+    cluster = cluster or Cluster(None)
+    scratch = None if cluster.chief else ScratchFolder(cluster)
+    try:
+        try:
+            seconds = _fit(config, dataset, run_dir, resuming, extra_callbacks, cluster,
+                           run_dir if cluster.chief else scratch.path)
+            failure = None
+            if cluster.chief:
+                try:
+                    finish_run(run_dir, dataset, config, seconds)
+                except Exception as err:  # noqa: BLE001 - re-raised below, once every worker knows
+                    failure = err
+            _, finished = cluster.agree([], ok=failure is None)  # the others wait for the chief's run folder
+        except Exception as err:
+            if cluster.multi_worker and is_peer_failure(err):
+                raise lost_peer(err, cluster, run_dir) from None
+            raise
+        if failure is not None:
+            raise failure
+        if not finished:
+            raise RunError(f"{cluster.describe()}: the chief could not finish the run (its output says why).")
+        if not cluster.chief:
+            print(f"Training finished ({cluster.describe()}); the chief wrote the run folder.")
+        return run_dir
+    finally:
+        if scratch is not None:
+            scratch.remove()
+
+
+def _fit(config: TrainConfig, dataset: Dataset, run_dir: Path | None, resuming: bool, extra_callbacks, cluster,
+         write_dir: Path) -> float:
+    """model.fit with the run's callbacks; returns the seconds it took. Everything is read from the run folder
+    (resuming), and written to `write_dir`: the run folder on the chief, a scratch folder on the others."""
     import keras
 
     from train import callbacks as cb
     from train.model import compile_model, make_model
 
-    strategy = make_strategy(config.strategy)
+    strategy = cluster.strategy
     with strategy.scope():
         steps_per_epoch = math.ceil(len(dataset.x_train) / config.batch_size)
         model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config, steps_per_epoch)
 
-    backup_dir = run_dir / rf.BACKUP
-    initial_epoch = cb.read_backup_epoch(backup_dir) if resuming else 0
-    history = rf.read_json(run_dir / rf.HISTORY_JSON) if resuming and (run_dir / rf.HISTORY_JSON).is_file() else []
+    read_dir = run_dir if run_dir is not None else write_dir
+    initial_epoch = cb.read_backup_epoch(read_dir / rf.BACKUP) if resuming else 0
+    history = rf.read_json(read_dir / rf.HISTORY_JSON) if resuming and (read_dir / rf.HISTORY_JSON).is_file() else []
     resume = cb.ResumeState.from_history(history, initial_epoch, config.monitor)
     lr_resume = cb.ResumeState.from_history(history, initial_epoch, config.reduce_lr_monitor)
-    if resuming:
+    if resuming and cluster.chief:
         print(f"Resuming {run_dir} at epoch {initial_epoch + 1} of {config.epochs}"
               + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})"
                  if resume.best is not None else ""))
     callbacks = [
         # Order matters: the backup is written before the history names the epoch as finished.
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
-        cb.RunHistory(run_dir / rf.HISTORY_CSV, run_dir / rf.HISTORY_JSON, resume),
-        cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
-        cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
+        cb.SharedBackupAndRestore(read_dir / rf.BACKUP, write_dir / rf.BACKUP),
+        cb.RunHistory(write_dir / rf.HISTORY_CSV, write_dir / rf.HISTORY_JSON, resume),
+        cb.AtomicBestCheckpoint(write_dir / rf.BEST_MODEL, config.monitor, resume),
+        cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, read_dir / rf.BEST_MODEL),
         *([cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
                                          config.min_learning_rate, lr_resume)]
           if config.lr_schedule == "plateau" else []),
         cb.TimeBudget(config.max_minutes),
         *extra_callbacks,
+        cb.AgreedDecisions(cluster, adjustable_rate=config.lr_schedule == "plateau"),  # last: the chief decides
     ]
-    if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    if config.tensorboard and cluster.chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "tensorboard")))
 
     started = time.monotonic()
     model.fit(
@@ -133,9 +184,7 @@ def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resumi
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, a line per epoch in logs
     )
-    seconds = time.monotonic() - started
-    finish_run(run_dir, dataset, config, seconds)
-    return run_dir
+    return time.monotonic() - started
 
 
 def save_arrays(run_dir: Path, dataset: Dataset, config: TrainConfig) -> None:
