@@ -64,11 +64,7 @@ class Cluster:
         if self._exchange is None:
             self._exchange = _make_exchange(self.strategy)
         vector = tf.constant([*values, 0.0 if ok else 1.0], dtype=tf.float64)
-        try:
-            result = self.strategy.experimental_local_results(self._exchange(vector))[0]
-        except tf.errors.OpError as err:
-            raise lost_peer(err, self) from None
-        result = np.asarray(result)
+        result = np.asarray(self.strategy.experimental_local_results(self._exchange(vector))[0])
         return [float(v) for v in result[:-1]], bool(result[-1] == 0)
 
 
@@ -112,13 +108,28 @@ def make_cluster(name: str) -> Cluster:
 
 def lost_peer(err: Exception, cluster: Cluster, run_dir: Path | None = None) -> PeerLost:
     """The exception a worker raises when the collectives were aborted because a peer went away."""
-    reason = " ".join(str(getattr(err, "message", err)).split())
-    if len(reason) > 300:
-        reason = reason[:300] + "..."
+    reason = failure_reason(str(getattr(err, "message", err)))
     return PeerLost(
         f"{cluster.describe()}: another worker stopped or cannot be reached, and training cannot go on without "
         f"it ({type(err).__name__}: {reason}). Every finished epoch is kept in the run folder: start every worker "
         f"again, each with its TF_CONFIG, with: python -m train --resume {run_dir or '<the run folder>'}")
+
+
+def failure_reason(message: str) -> str:
+    """The line of a TensorFlow error that says why the collectives stopped (its message also carries the Python
+    stack of the graph node and advice about restarting, which are of no use here)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if "aborted by:" in line:
+            reason = line.split("aborted by:", 1)[1].strip()
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            if following.startswith("/job:"):
+                reason += " " + following
+            break
+    else:
+        reason = next((line for line in reversed(lines) if not line.startswith(("[[", "The error could be"))), "")
+    reason = reason.split(" [type.googleapis.com")[0]
+    return reason if len(reason) <= 300 else reason[:300] + "..."
 
 
 def is_peer_failure(err: Exception) -> bool:
