@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PeerLost as err:
         print(f"error: {err}", file=sys.stderr)
-        return PEER_LOST_EXIT
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once: TensorFlow's own shutdown would wait for the lost worker at its coordination service's barrier.
+        os._exit(PEER_LOST_EXIT)
     except Exception as err:  # noqa: BLE001 - only storage failures are turned into a message; others re-raise
         reason = storage_error(err)
         if reason is None:

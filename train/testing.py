@@ -53,6 +53,7 @@ class TrainingWorkers:
             self.env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads),
                             OMP_NUM_THREADS=str(threads))
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="pocketcnn-workers-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
         self._logs = []
 
