@@ -8,8 +8,10 @@
         metrics.json        held-out test accuracy/loss of best.keras, per-class precision/recall,
                             confusion matrix, best epoch
         arrays/test.npz     the held-out test images (x: uint8 NHWC, y: int) as decode_image made them
+                            (at most 10 000: a seeded sample of a bigger test split)
         arrays/validation.npz  the validation split (at most 10 000 images): export's calibration
         arrays/train_sample.npz  a seeded sample of training images, for calibration and fine-tuning
+                            (--train-sample-size): none of the three grows with the data set
         plots/*.png         curves, confusion matrix, filters, feature maps
         backup/             BackupAndRestore state while a run is unfinished
     runs/latest -> <run-id> the newest finished run
@@ -30,6 +32,7 @@ TEST_ARRAYS = "arrays/test.npz"
 TRAIN_SAMPLE_ARRAYS = "arrays/train_sample.npz"
 VALIDATION_ARRAYS = "arrays/validation.npz"
 MAX_VALIDATION_ARRAYS = 10_000
+MAX_TEST_ARRAYS = 10_000
 PLOTS = "plots"
 BACKUP = "backup"
 LATEST_LINK = "latest"

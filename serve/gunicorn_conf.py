@@ -16,6 +16,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 from multiprocessing.sharedctypes import RawArray  # noqa: E402
 
+from serve import draining  # noqa: E402
 from serve.gunicorn_worker import NOT_RUNNING  # noqa: E402
 from serve.settings import Settings  # noqa: E402
 
@@ -28,7 +29,7 @@ threads = settings.threads
 worker_class = "serve.gunicorn_worker.ThreadWorker"  # gthread + a read timeout (POCKETCNN_READ_TIMEOUT)
 preload_app = False  # each worker imports and loads the model after the fork: runtimes are not fork-safe
 timeout = settings.request_timeout  # a stuck worker is killed and replaced
-graceful_timeout = 10
+graceful_timeout = 10  # after the drain (POCKETCNN_DRAIN_SECONDS): requests in flight get this long to finish
 keepalive = 5
 limit_request_line = 8190
 limit_request_fields = 100
@@ -43,6 +44,14 @@ control_socket_disable = True  # gunicorn 27's shared ~/.gunicorn socket: unused
 # set before prometheus_client is imported, which is why serve/__init__.py imports the app lazily.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pocketcnn-metrics-")
+
+
+# SIGTERM drains first (serve/draining.py): the flag the workers read is shared memory made here, before the fork.
+draining.share()
+
+
+def when_ready(server):
+    draining.install(server, settings.drain_seconds)
 
 
 def on_starting(server):

@@ -35,6 +35,7 @@ import socket
 
 from gunicorn.workers import gthread
 
+from serve import draining
 from serve.settings import Settings
 
 POLL_WHILE_DEFERRING = 0.02  # seconds: how soon a worker that left new connections to others looks again
@@ -63,6 +64,53 @@ class ClientSocket(socket.socket):
                                        f"no data from the client for {self.read_timeout:g} s") from None
 
 
+class _HeadWithBody:
+    """The client socket as gunicorn's Response.write sees it while sending a response's first body bytes: the head
+    is held back and sent with those bytes in one sendall (see `send_head_with_body`)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = b""
+
+    def sendall(self, data) -> None:
+        if not self.pending:
+            self.pending = bytes(data)  # the head: wait for the body
+            return
+        data, self.pending = self.pending + bytes(data), b""
+        self.sock.sendall(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data, self.pending = self.pending, b""
+            self.sock.sendall(data)
+
+
+def send_head_with_body() -> None:
+    """gunicorn writes a response's head and its body with two sendall calls. A worker killed between the two
+    (SIGKILL, OOM, a machine gone) leaves a head without a body on the wire: a load balancer has already passed the
+    head on and cannot send the request to another replica (HAProxy logs it "SD--": 1 request in 3,000 when a
+    replica was killed under load). Sent in one write, a response is on the wire whole or not at all, and a
+    request that got nothing is retried elsewhere. Bodies sent in chunks or from files are left as they are."""
+    from gunicorn.http.wsgi import Response
+
+    if getattr(Response.write, "sends_head_with_body", False):
+        return
+    write = Response.write
+
+    def write_head_with_body(self, arg):
+        if self.headers_sent or self.chunked or self._omits_body or not isinstance(arg, bytes) or not arg:
+            return write(self, arg)
+        sock, self.sock = self.sock, _HeadWithBody(self.sock)
+        try:
+            return write(self, arg)
+        finally:
+            held, self.sock = self.sock, sock
+            held.flush()
+
+    write_head_with_body.sends_head_with_body = True
+    Response.write = write_head_with_body
+
+
 class ThreadWorker(gthread.ThreadWorker):
     # Set by gunicorn_conf.pre_fork in the master: the shared table of connection counts and this worker's
     # slot in it (both, or neither: a worker without a slot accepts like plain gthread).
@@ -71,6 +119,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def init_process(self):
         ClientSocket.read_timeout = Settings.from_env().read_timeout
+        send_head_with_body()
         super().init_process()
 
     def publish(self, count: int) -> None:
@@ -84,6 +133,10 @@ class ThreadWorker(gthread.ThreadWorker):
         super().run()
 
     def wait_for_and_dispatch_events(self, timeout):
+        if self.max_keepalived and draining.active():
+            # Draining (serve/draining.py): gthread closes the connection after every response, saying
+            # Connection: close, so clients that keep connections open take their next request elsewhere.
+            self.max_keepalived = 0
         if self.connection_counts is not None:  # runs once per turn of the event loop: kept cheap
             self.publish(self.nr_conns)
             self.set_accept_enabled(self.nr_conns < self.worker_connections)

@@ -136,7 +136,8 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
             "/readyz": {"get": {"summary": "Readiness: a model is loaded and passed its self-check", "responses": {
                 "200": {"description": "Ready.", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["status", "model"]}}}},
-                "503": _error("Not ready; the message says why.")}}},
+                "503": _error("Not ready (no model passed its checks yet, or the instance is draining after SIGTERM); "
+                              "the message says why.")}}},
             "/model": {"get": {"summary": "Manifest of the served version and its inference checks", "responses": {
                 "200": {"description": "The served model.", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["served", "self_check", "manifest"]}}}},

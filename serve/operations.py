@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
+from serve import draining
 from serve.metrics import CONTENT_TYPE_LATEST
 from serve.openapi import openapi_document
 from serve.responses import json_response, sentence
@@ -25,6 +26,10 @@ def blueprint(service) -> Blueprint:
     @routes.get("/readyz")
     def readyz():
         model = manager.current
+        if draining.active():  # SIGTERM: out of rotation first, while requests are still served
+            return json_response({"status": "draining",
+                                  "error": {"code": "draining", "message": "This instance is shutting down; it "
+                                                                           "finishes the requests it was sent."}}, 503)
         if model is None:
             return json_response({"status": "not_ready",
                                   "error": {"code": "not_ready", "message": sentence(manager.reason)}}, 503)

@@ -49,6 +49,9 @@ class Settings:
     threads: int = option(4, "threads per worker (they overlap network I/O)")
     request_timeout: int = option(30, "seconds before a stuck worker is replaced")
     read_timeout: float = option(10.0, "seconds without a byte from a client before its connection is closed")
+    drain_seconds: float = option(0.0, "on SIGTERM, seconds to go on serving while `/readyz` answers 503, so that a "
+                                       "load balancer takes the instance out first (then a graceful stop); 0: stop "
+                                       "at once")
     log_level: str = option("info", "gunicorn's log level: debug, info, warning, error")
     access_log: str = option("", "access log file (`-`: standard output); empty: off, it costs throughput")
 
@@ -96,7 +99,7 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be a positive integer, not {value!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or a positive integer, not {self.workers!r}")
-        for name in ("poll_seconds", "read_timeout", "first_load_wait_seconds"):
+        for name in ("poll_seconds", "read_timeout", "first_load_wait_seconds", "drain_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must not be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -1,11 +1,13 @@
 """The service as `make serve` runs it (gunicorn -c python:serve.gunicorn_conf), on a free loopback port, for
-the tests and the benchmarks (like flask.testing, for a real server). Standard library only."""
+the tests and the benchmarks (like flask.testing, for a real server); HAProxy in front of replicas of it, with
+deploy/haproxy/haproxy.cfg. Standard library only."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,8 +44,8 @@ class GunicornServer:
 
     def __init__(self, repository: Path | None = None, env: dict | None = None, python: str = sys.executable,
                  cwd: Path = ROOT, workers: int = 2, threads: int | None = None, app: str = APP,
-                 log_path: Path | None = None):
-        self.port = free_port()
+                 log_path: Path | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, POCKETCNN_WORKERS=str(workers), POCKETCNN_BIND=f"127.0.0.1:{self.port}",
                         TF_CPP_MIN_LOG_LEVEL="2")
@@ -141,9 +143,21 @@ class GunicornServer:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL to the master and every worker at once: the replica vanishes, as a container or a machine does."""
+        pids = [self.process.pid, *self.worker_pids()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.log.close()
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> None:
+        """Stop gunicorn: SIGTERM (graceful, after the drain if POCKETCNN_DRAIN_SECONDS is set), SIGINT (at once)."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal_number)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
@@ -152,3 +166,87 @@ class GunicornServer:
         if self.process:
             self.log.close()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+class HAProxy:
+    """HAProxy with the project's configuration (deploy/haproxy/haproxy.cfg) in front of `replicas` ("host:port"
+    each, one or two), on free loopback ports; its statistics (which replica is up) at `stats_url`."""
+
+    CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+
+    def __init__(self, replicas: list[str], log_path: Path | None = None, config: Path = CONFIG):
+        if not 1 <= len(replicas) <= 2:
+            raise ValueError("the configuration has two replicas; give one or two addresses")
+        self.port, self.stats_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stats_url = f"http://127.0.0.1:{self.stats_port}/stats"
+        self.folder = Path(tempfile.mkdtemp(prefix="pocketcnn-haproxy-"))
+        text = config.read_text()
+        if len(replicas) == 1:  # the same file without its second server
+            text = "\n".join(line for line in text.splitlines() if "POCKETCNN_LB_REPLICA2" not in line) + "\n"
+        self.config = self.folder / "haproxy.cfg"
+        self.config.write_text(text)
+        self.env = dict(os.environ, POCKETCNN_LB_BIND=f"127.0.0.1:{self.port}",
+                        POCKETCNN_LB_STATS_BIND=f"127.0.0.1:{self.stats_port}",
+                        POCKETCNN_LB_REPLICA1=replicas[0], POCKETCNN_LB_REPLICA2=replicas[-1])
+        self.replicas = replicas
+        self.log_path = Path(log_path or self.folder / "haproxy.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, expected: dict[str, str] | None = None, timeout: float = 20.0) -> "HAProxy":
+        """Start HAProxy and wait until the replicas have the `expected` statuses (default: every one UP, i.e.
+        answering its health check with 200)."""
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)], env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        self.wait_for(expected or {f"replica{i + 1}": "UP" for i in range(len(self.replicas))}, timeout)
+        return self
+
+    def states(self) -> dict[str, dict]:
+        """Each replica's row of HAProxy's statistics (status: UP, DOWN, ...; stot: requests sent to it; ...)."""
+        status, body = http_get(self.stats_url + ";csv", timeout=5)
+        if status != 200:
+            raise RuntimeError(f"HAProxy's statistics answered {status}")
+        lines = body.decode().lstrip("# ").splitlines()
+        header = lines[0].split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows if row["pxname"] == "replicas" and row["svname"] != "BACKEND"}
+
+    def wait_for(self, expected: dict[str, str], timeout: float = 20.0) -> float:
+        """Wait until each named replica has the expected status (e.g. {"replica1": "DOWN"}); return the seconds."""
+        started = time.monotonic()
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                states = {name: row["status"].split()[0] for name, row in self.states().items()}
+                if all(states.get(name) == status for name, status in expected.items()):
+                    return time.monotonic() - started
+            except (urllib.error.URLError, ConnectionError, TimeoutError, RuntimeError):
+                states = {}
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"HAProxy's replicas not {expected} within {timeout} s (they are {states}):\n"
+                                   f"{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process:
+            self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> "HAProxy":
+        return self if self.process else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

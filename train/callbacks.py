@@ -161,6 +161,49 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class AgreedDecisions(keras.callbacks.Callback):
+    """Across workers: after every other callback has had its say at the end of an epoch, the chief's
+    decisions (stop training? the learning rate for the next epoch) replace every worker's own.
+
+    Early stopping and learning-rate reduction read validation metrics that are summed over every worker, so
+    they agree already; the time budget reads each worker's own clock, and would not. Taking every decision
+    from the chief means no worker is ever left waiting in a collective that its peers have stopped joining.
+    Put it last in the callback list; it does nothing on a single worker."""
+
+    def __init__(self, cluster, adjustable_rate: bool):
+        super().__init__()
+        self.cluster = cluster
+        self.adjustable_rate = adjustable_rate  # False: the rate comes from a schedule, nothing to agree on
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.cluster.multi_worker:
+            return
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) if self.adjustable_rate else 0.0
+        (stop, agreed_rate), _ = self.cluster.agree([float(bool(self.model.stop_training)), rate])
+        self.model.stop_training = stop > 0
+        if self.adjustable_rate and agreed_rate != rate:
+            self.model.optimizer.learning_rate = agreed_rate
+
+
+class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that restores from one folder and writes to another: every worker restores the chief's
+    backup (in the run folder, on storage every worker sees), and only the chief writes there; the others
+    write to their scratch folders."""
+
+    def __init__(self, restore_dir: Path, write_dir: Path):
+        super().__init__(str(write_dir), save_freq="epoch", delete_checkpoint=True)
+        self.restore_dir = Path(restore_dir)
+
+    def on_train_begin(self, logs=None):
+        written = (self._weights_path, self._training_metadata_path)
+        self._weights_path = str(self.restore_dir / Path(written[0]).name)
+        self._training_metadata_path = str(self.restore_dir / Path(written[1]).name)
+        try:
+            super().on_train_begin(logs)
+        finally:
+            self._weights_path, self._training_metadata_path = written
+
+
 def read_backup_epoch(backup_dir: Path) -> int:
     """The number of finished epochs BackupAndRestore recorded (0 if none)."""
     metadata = backup_dir / "training_metadata.json"

@@ -18,6 +18,11 @@ examples:
   python -m train --recipe quick                    # the same for 5 epochs: what `make run` trains first
   python -m train --dataset folder --data-dir photos/ --image-size 96 --epochs 30
   python -m train --resume runs/20261122-120000-fashion_mnist   # continue a killed run
+  TF_CONFIG='{"cluster": {"worker": ["host-a:2222", "host-b:2222"]}, "task": {"type": "worker", "index": 0}}' \
+      python -m train --strategy multi-worker --runs-dir /shared/runs --run-name mw   # on each host, its own index
+
+exit status: 0 trained (or resumed to the end), 2 bad data, options or run folder, 3 another worker of a
+multi-worker run stopped (start every worker again with --resume <run folder>).
 
 The run folder (runs/<run-id>/, newest also at runs/latest) holds best.keras, config.json, labels.txt,
 history.csv/json, metrics.json, arrays/ (held-out test images for export) and plots/.
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # for processes that load TensorFlow before this).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+    from train.cluster import PEER_LOST_EXIT, PeerLost
     from train.data import DataError
     from train.model import ModelConfigError
     from train.run import RunError, load_run_config, train  # noqa: I001 - TensorFlow loads here, after the parse
@@ -90,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except PeerLost as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once: TensorFlow's own shutdown would wait for the lost worker at its coordination service's barrier.
+        os._exit(PEER_LOST_EXIT)
     except Exception as err:  # noqa: BLE001 - only storage failures are turned into a message; others re-raise
         reason = storage_error(err)
         if reason is None:

@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 BASES = ("none", "mobilenetv2")
 COLOR_MODES = ("auto", "grayscale", "rgb")
 INPUT_RECIPES = ("auto", "crop", "pad", "product_photo")
+STREAM_CHOICES = ("auto", "true", "false")
 
 
 def resolved_input_recipe(dataset: str, input_recipe: str) -> str:
@@ -51,6 +52,11 @@ class TrainConfig:
                                      "for fashion_mnist, crop otherwise", choices=INPUT_RECIPES)
     validation_fraction: float = _opt(0.1, "share of the training images held out for validation "
                                            "(folder: also for test)")
+    stream: str = _opt("auto", "folder datasets: read the photos from disk batch by batch every epoch (true) "
+                               "rather than decode them all into memory once (false); auto streams when the "
+                               "decoded images would take more than 1 GiB, and always with --strategy "
+                               "multi-worker (each worker then reads only its share of the files)",
+                       choices=STREAM_CHOICES)
     train_limit: int = _opt(0, "use only this many training images (0 = all); for quick runs and tests")
     test_limit: int = _opt(0, "use only this many test images (0 = all)")
     seed: int = _opt(1337, "seed for the data split, shuffling, initialisation and augmentation")

@@ -2,7 +2,8 @@
 
 Every loader returns a `Dataset` of uint8 NHWC arrays already in the model's input form, with the
 class names taken from the data. Folder images go through contract.decode_image, the same function
-the service uses.
+the service uses; a folder too big for memory becomes a `StreamedDataset` (file lists, read batch by
+batch by train/streaming.py) with the same split, labels and skipped files.
 """
 
 from __future__ import annotations
@@ -50,10 +51,19 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     skipped: list[str] = field(default_factory=list)  # unreadable files, folder datasets only
+    streamed = False  # every image is in memory (StreamedDataset: read from disk batch by batch)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def train_count(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def val_count(self) -> int:
+        return len(self.x_val)
 
     def summary(self) -> str:
         return (
@@ -165,14 +175,13 @@ def load_cifar10(directory: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # --- folder of photos ---------------------------------------------------------------------------
 
-def load_image_folder(
-    directory: str | Path, size: int, channels: int, validation_fraction: float, seed: int, recipe: str = "crop"
-) -> Dataset:
-    """One sub-folder per class; every readable image in it (recursively) is an example.
+# A folder dataset is streamed from disk (auto) when its decoded images would take more than this: below it,
+# decoding every image once into memory is faster than decoding each one again every epoch.
+STREAM_ABOVE_BYTES = 1 << 30
 
-    Split per class, deterministically by seed, into train / validation / test
-    (validation and test each `validation_fraction` of the class, at least one image each).
-    """
+
+def list_image_folder(directory: str | Path) -> tuple[Path, dict[str, list[Path]]]:
+    """The class sub-folders of `directory` (sorted: their order is the label order) and each one's files."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"No folder at {directory}. Expected one sub-folder of images per class.")
@@ -187,6 +196,57 @@ def load_image_folder(
         d.name: sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
         for d in class_dirs
     }
+    return directory, files
+
+
+def _decode_all(all_files: list[tuple[str, Path]], decode, what: str) -> list:
+    """decode(item) for every file, four at a time, in order; a progress bar for big folders."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(tqdm(pool.map(decode, all_files), total=len(all_files), desc=what, unit="img",
+                         disable=len(all_files) < 200))
+
+
+def _report_skipped(all_files: list[tuple[str, Path]], unreadable: list[bool]) -> list[str]:
+    skipped = [str(path) for (_, path), bad in zip(all_files, unreadable, strict=True) if bad]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        log.warning("Skipped %d of %d files that are not readable images: %s", len(skipped), len(all_files), shown)
+    return skipped
+
+
+def split_classes(directory: Path, labels: list[str], readable: list[int], validation_fraction: float,
+                  seed: int) -> list[dict[str, np.ndarray]]:
+    """Per class (in label order): which of its readable images go to train, validation and test. Validation
+    and test each take `validation_fraction` of the class (at least one image each), chosen by the seed.
+    Both folder loaders (in memory and streamed) split with this, so they split alike."""
+    rng = np.random.default_rng(seed)
+    splits = []
+    for label, count in zip(labels, readable, strict=True):
+        if count == 0:
+            raise DataError(f"Class '{label}' ({directory / label}) has no readable image.")
+        if count < MIN_IMAGES_PER_CLASS:
+            raise DataError(
+                f"Class '{label}' has {count} readable image(s); at least {MIN_IMAGES_PER_CLASS} are needed "
+                "(one each for training, validation and test)."
+            )
+        order = rng.permutation(count)
+        held = max(1, int(round(count * validation_fraction)))
+        split = {"test": order[:held], "val": order[held:2 * held], "train": order[2 * held:]}
+        if len(split["train"]) == 0:
+            split["train"] = split["val"]  # tiny class: validation doubles as training rather than failing
+        splits.append(split)
+    return splits
+
+
+def load_image_folder(
+    directory: str | Path, size: int, channels: int, validation_fraction: float, seed: int, recipe: str = "crop"
+) -> Dataset:
+    """One sub-folder per class; every readable image in it (recursively) is an example, decoded into memory.
+
+    Split per class, deterministically by seed, into train / validation / test
+    (validation and test each `validation_fraction` of the class, at least one image each).
+    """
+    directory, files = list_image_folder(directory)
     all_files = [(label, path) for label, paths in files.items() for path in paths]
 
     def decode(item):
@@ -196,35 +256,15 @@ def load_image_folder(
         except ImageError as err:
             return err
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        decoded = list(
-            tqdm(pool.map(decode, all_files), total=len(all_files), desc="Reading images", unit="img",
-                 disable=len(all_files) < 200)
-        )
-    skipped = [str(path) for (_, path), result in zip(all_files, decoded, strict=True)
-               if isinstance(result, ImageError)]
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        log.warning("Skipped %d of %d files that are not readable images: %s", len(skipped), len(all_files), shown)
+    decoded = _decode_all(all_files, decode, "Reading images")
+    skipped = _report_skipped(all_files, [isinstance(result, ImageError) for result in decoded])
 
     labels = list(files)
-    rng = np.random.default_rng(seed)
+    by_class = [[r for (lab, _), r in zip(all_files, decoded, strict=True)
+                 if lab == label and not isinstance(r, ImageError)] for label in labels]
+    splits = split_classes(directory, labels, [len(images) for images in by_class], validation_fraction, seed)
     parts = {"train": ([], []), "val": ([], []), "test": ([], [])}
-    for class_index, label in enumerate(labels):
-        images = [r for (lab, _), r in zip(all_files, decoded, strict=True)
-                  if lab == label and not isinstance(r, ImageError)]
-        if len(images) == 0:
-            raise DataError(f"Class '{label}' ({directory / label}) has no readable image.")
-        if len(images) < MIN_IMAGES_PER_CLASS:
-            raise DataError(
-                f"Class '{label}' has {len(images)} readable image(s); at least {MIN_IMAGES_PER_CLASS} are needed "
-                "(one each for training, validation and test)."
-            )
-        order = rng.permutation(len(images))
-        held = max(1, int(round(len(images) * validation_fraction)))
-        split = {"test": order[:held], "val": order[held:2 * held], "train": order[2 * held:]}
-        if len(split["train"]) == 0:
-            split["train"] = split["val"]  # tiny class: validation doubles as training rather than failing
+    for class_index, (images, split) in enumerate(zip(by_class, splits, strict=True)):
         for name, indices in split.items():
             parts[name][0].extend(images[i] for i in indices)
             parts[name][1].extend([class_index] * len(indices))
@@ -235,6 +275,119 @@ def load_image_folder(
 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = stack("train"), stack("val"), stack("test")
     return Dataset(directory.name, labels, x_train, y_train, x_val, y_val, x_test, y_test, skipped)
+
+
+@dataclass
+class FileSplit:
+    """The files of one split and their labels, in a fixed order."""
+
+    paths: list[str]
+    labels: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray) -> "FileSplit":
+        return FileSplit([self.paths[i] for i in indices], self.labels[indices])
+
+
+@dataclass
+class StreamedDataset:
+    """A folder dataset read from disk batch by batch (train/streaming.py makes the tf.data pipelines): only the
+    file lists are held, so memory does not grow with the number of photos. The split, the labels and the skipped
+    files are the in-memory loader's own; the images are the same decode_image(path, recipe) results."""
+
+    name: str
+    labels: list[str]
+    size: int
+    channels: int
+    recipe: str
+    train: FileSplit
+    val: FileSplit
+    test: FileSplit
+    skipped: list[str] = field(default_factory=list)
+    streamed = True
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.channels)
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train)
+
+    @property
+    def val_count(self) -> int:
+        return len(self.val)
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return self.test.labels
+
+    def decode(self, path: str) -> np.ndarray:
+        return decode_image(path, self.size, self.size, self.channels, recipe=self.recipe)
+
+    def images(self, split: FileSplit, indices=None) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of `split` (or of its images at `indices`), decoded into memory: for samples, not whole sets."""
+        chosen = split if indices is None else split.subset(np.asarray(indices, dtype=np.int64))
+        x = np.empty((len(chosen), *self.input_shape), dtype=np.uint8)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for i, image in enumerate(pool.map(self.decode, chosen.paths)):
+                x[i] = image
+        return x, chosen.labels.copy()
+
+    def batches(self, split: FileSplit, batch_size: int = 512):
+        """(x, y) of `split` in order, `batch_size` images at a time."""
+        for start in range(0, len(split), batch_size):
+            yield self.images(split, np.arange(start, min(start + batch_size, len(split))))
+
+    def summary(self) -> str:
+        h, w, c = self.input_shape
+        return (f"{self.name}: {len(self.labels)} classes, {h}x{w}x{c}; train {len(self.train)}, validation "
+                f"{len(self.val)}, test {len(self.test)} (read from disk batch by batch)")
+
+
+def stream_image_folder(
+    directory: str | Path, size: int, channels: int, validation_fraction: float, seed: int, recipe: str = "crop"
+) -> StreamedDataset:
+    """load_image_folder's split, labels and skipped files, without keeping any image: each file is decoded once
+    (by the same decode_image, through the same recipe) to learn whether it is readable, then dropped."""
+    directory, files = list_image_folder(directory)
+    all_files = [(label, path) for label, paths in files.items() for path in paths]
+
+    def unreadable(item) -> bool:
+        _, path = item
+        try:
+            decode_image(path, size, size, channels, recipe=recipe)
+        except ImageError:
+            return True
+        return False
+
+    bad = _decode_all(all_files, unreadable, "Checking images")
+    skipped = _report_skipped(all_files, bad)
+    labels = list(files)
+    by_class = [[str(path) for (lab, path), b in zip(all_files, bad, strict=True) if lab == label and not b]
+                for label in labels]
+    splits = split_classes(directory, labels, [len(paths) for paths in by_class], validation_fraction, seed)
+    parts = {"train": ([], []), "val": ([], []), "test": ([], [])}
+    for class_index, (paths, split) in enumerate(zip(by_class, splits, strict=True)):
+        for name, indices in split.items():
+            parts[name][0].extend(paths[i] for i in indices)
+            parts[name][1].extend([class_index] * len(indices))
+    train, val, test = (FileSplit(parts[name][0], np.asarray(parts[name][1], dtype=np.int64))
+                        for name in ("train", "val", "test"))
+    return StreamedDataset(directory.name, labels, size, channels, recipe, train, val, test, skipped)
+
+
+def folder_is_streamed(config, size: int, channels: int) -> bool:
+    """--stream: true, false, or auto (stream under multi-worker, where each worker reads only its share of the
+    files, or when the decoded images would take more than STREAM_ABOVE_BYTES)."""
+    if config.stream != "auto":
+        return config.stream == "true"
+    if config.strategy == "multi-worker":
+        return True
+    _, files = list_image_folder(config.data_dir)
+    return sum(len(paths) for paths in files.values()) * size * size * channels > STREAM_ABOVE_BYTES
 
 
 # --- common -------------------------------------------------------------------------------------
@@ -257,10 +410,17 @@ def split_validation(x, y, fraction: float, seed: int):
     return x[order[held:]], y[order[held:]], x[order[:held]], y[order[:held]]
 
 
+def limit_indices(total: int, count: int, seed: int) -> np.ndarray:
+    """Which of `total` items a limit of `count` keeps (all for 0): a seeded sample, in the original order."""
+    if count <= 0 or count >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+
+
 def limit(x, y, count: int, seed: int):
     if count <= 0 or count >= len(x):
         return x, y
-    chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=count, replace=False))
+    chosen = limit_indices(len(x), count, seed)
     return x[chosen], y[chosen]
 
 
@@ -270,10 +430,10 @@ def load_dataset(config) -> Dataset:
     if config.dataset == "folder":
         if not config.data_dir:
             raise DataError("--dataset folder needs --data-dir PATH (one sub-folder of images per class).")
-        dataset = load_image_folder(
-            config.data_dir, config.image_size or FOLDER_DEFAULT_SIZE, channels or 3,
-            config.validation_fraction, config.seed, resolved_input_recipe(config.dataset, config.input_recipe),
-        )
+        size, channels = config.image_size or FOLDER_DEFAULT_SIZE, channels or 3
+        loader = stream_image_folder if folder_is_streamed(config, size, channels) else load_image_folder
+        dataset = loader(config.data_dir, size, channels, config.validation_fraction, config.seed,
+                         resolved_input_recipe(config.dataset, config.input_recipe))
     else:
         if config.dataset == "fashion_mnist":
             x_train, y_train, x_test, y_test = load_fashion_mnist(config.data_dir or FASHION_MNIST_DIR)
@@ -294,7 +454,10 @@ def load_dataset(config) -> Dataset:
         recipe = resolved_input_recipe(config.dataset, config.input_recipe)
         x_train, x_val, x_test = (conform(x, size, channels, recipe) for x in (x_train, x_val, x_test))
         dataset = Dataset(config.dataset, labels, x_train, y_train, x_val, y_val, x_test, y_test)
-    if config.dataset == "folder":
+    if config.dataset == "folder" and dataset.streamed:
+        dataset.train = dataset.train.subset(limit_indices(len(dataset.train), config.train_limit, config.seed))
+        dataset.test = dataset.test.subset(limit_indices(len(dataset.test), config.test_limit, config.seed))
+    elif config.dataset == "folder":
         dataset.x_train, dataset.y_train = limit(dataset.x_train, dataset.y_train, config.train_limit, config.seed)
         dataset.x_test, dataset.y_test = limit(dataset.x_test, dataset.y_test, config.test_limit, config.seed)
     return dataset

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -51,20 +52,12 @@ def load_run_config(run_dir: Path, finished_is_ok: bool = False) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        # Reads the cluster from TF_CONFIG; with no TF_CONFIG it is a single worker.
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()  # the default: no distribution
-
-
-def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) -> Path:
-    """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder."""
+def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) -> Path | None:
+    """Train according to `config`; with `run_dir` of an unfinished run, continue it. Returns the run folder
+    (on a worker that is not the chief of a multi-worker cluster: the run folder if known, else None)."""
     import keras
+
+    from train.cluster import is_peer_failure, lost_peer, make_cluster
 
     resuming = run_dir is not None
     config = replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe))
@@ -72,86 +65,162 @@ def train(config: TrainConfig, run_dir: Path | None = None, extra_callbacks=()) 
         config = replace(config, epochs=QUICK_EPOCHS)
     dataset = load_dataset(config)  # data errors surface before any folder is made
     log.info(dataset.summary())
-    run_dir = Path(run_dir) if resuming else new_run_dir(config)
-    log.info("Run folder: %s", run_dir)
-    if not resuming:
-        atomic_write_json(run_dir / rf.CONFIG, asdict(config))
-    rf.write_labels(run_dir / rf.LABELS, dataset.labels)
-    save_arrays(run_dir, dataset, config)
-
-    keras.utils.set_random_seed(config.seed)
-    policy = compute_policy(config.precision)
-    log.info("Compute precision: %s", policy)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
+    cluster = make_cluster(config.strategy)  # before any other TensorFlow operation; waits for every worker
+    if cluster.multi_worker:
+        log.info("Training as %s", cluster.describe())
+    run_dir = Path(run_dir) if resuming else None
     try:
-        return _fit_and_finish(config, dataset, run_dir, resuming, extra_callbacks)
+        run_dir = prepare_run_folder(config, run_dir, dataset, cluster)
+        if run_dir is not None:
+            log.info("Run folder: %s", run_dir)
+
+        keras.utils.set_random_seed(config.seed)
+        policy = compute_policy(config.precision)
+        log.info("Compute precision: %s", policy)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            return _fit_and_finish(config, dataset, run_dir, resuming, extra_callbacks, cluster)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)  # a process-wide setting: leave it as found
+    except Exception as err:
+        if cluster.multi_worker and is_peer_failure(err):
+            raise lost_peer(err, cluster, run_dir) from None
+        raise
+
+
+def prepare_run_folder(config: TrainConfig, run_dir: Path | None, dataset: Dataset, cluster) -> Path | None:
+    """The chief creates the run folder (or reopens the one being resumed) and writes what is known before
+    training: config, labels, arrays. The other workers write nothing there; they learn whether the chief
+    could start, so that a refusal stops every worker rather than leaving them waiting for it."""
+    failure = None
+    if cluster.chief:
+        try:
+            if run_dir is None:
+                run_dir = new_run_dir(config)
+                atomic_write_json(run_dir / rf.CONFIG, asdict(config))
+            rf.write_labels(run_dir / rf.LABELS, dataset.labels)
+            save_arrays(run_dir, dataset, config)
+        except Exception as err:  # noqa: BLE001 - re-raised below, once every worker knows
+            failure = err
+    _, every_worker_ready = cluster.agree([], ok=failure is None)
+    if failure is not None:
+        raise failure
+    if not every_worker_ready:
+        raise RunError(f"{cluster.describe()}: the chief could not start the run (its output says why); stopping.")
+    return run_dir
+
+
+def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path | None, resuming: bool, extra_callbacks,
+                    cluster=None) -> Path | None:
+    from train.cluster import Cluster, ScratchFolder
+
+    cluster = cluster or Cluster(None)
+    scratch = None if cluster.chief else ScratchFolder(cluster)
+    try:
+        seconds = _fit(config, dataset, run_dir, resuming, extra_callbacks, cluster,
+                       run_dir if cluster.chief else scratch.path)
+        failure = None
+        if cluster.chief:
+            try:
+                finish_run(run_dir, dataset, config, seconds)
+            except Exception as err:  # noqa: BLE001 - re-raised below, once every worker knows
+                failure = err
+        _, finished = cluster.agree([], ok=failure is None)  # the others wait for the chief's run folder
+        if failure is not None:
+            raise failure
+        if not finished:
+            raise RunError(f"{cluster.describe()}: the chief could not finish the run (its output says why).")
+        if not cluster.chief:
+            print(f"Training finished ({cluster.describe()}); the chief wrote the run folder.")
+        return run_dir
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)  # a process-wide setting: leave it as found
+        if scratch is not None:
+            scratch.remove()
 
 
-def _fit_and_finish(config: TrainConfig, dataset: Dataset, run_dir: Path, resuming: bool, extra_callbacks) -> Path:
+def _fit(config: TrainConfig, dataset: Dataset, run_dir: Path | None, resuming: bool, extra_callbacks, cluster,
+         write_dir: Path) -> float:
+    """model.fit with the run's callbacks; returns the seconds it took. Everything is read from the run folder
+    (resuming), and written to `write_dir`: the run folder on the chief, a scratch folder on the others."""
     import keras
 
     from train import callbacks as cb
     from train.model import compile_model, make_model
 
-    strategy = make_strategy(config.strategy)
+    strategy = cluster.strategy
     with strategy.scope():
-        steps_per_epoch = math.ceil(len(dataset.x_train) / config.batch_size)
+        steps_per_epoch = math.ceil(dataset.train_count / config.batch_size)
         model = compile_model(make_model(dataset.input_shape, len(dataset.labels), config), config, steps_per_epoch)
 
-    backup_dir = run_dir / rf.BACKUP
-    initial_epoch = cb.read_backup_epoch(backup_dir) if resuming else 0
-    history = rf.read_json(run_dir / rf.HISTORY_JSON) if resuming and (run_dir / rf.HISTORY_JSON).is_file() else []
+    read_dir = run_dir if run_dir is not None else write_dir
+    initial_epoch = cb.read_backup_epoch(read_dir / rf.BACKUP) if resuming else 0
+    history = rf.read_json(read_dir / rf.HISTORY_JSON) if resuming and (read_dir / rf.HISTORY_JSON).is_file() else []
     resume = cb.ResumeState.from_history(history, initial_epoch, config.monitor)
     lr_resume = cb.ResumeState.from_history(history, initial_epoch, config.reduce_lr_monitor)
-    if resuming:
+    if resuming and cluster.chief:
         print(f"Resuming {run_dir} at epoch {initial_epoch + 1} of {config.epochs}"
               + (f" (best so far: {config.monitor} {resume.best:.4f} at epoch {resume.best_epoch + 1})"
                  if resume.best is not None else ""))
     callbacks = [
         # Order matters: the backup is written before the history names the epoch as finished.
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
-        cb.RunHistory(run_dir / rf.HISTORY_CSV, run_dir / rf.HISTORY_JSON, resume),
-        cb.AtomicBestCheckpoint(run_dir / rf.BEST_MODEL, config.monitor, resume),
-        cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, run_dir / rf.BEST_MODEL),
+        cb.SharedBackupAndRestore(read_dir / rf.BACKUP, write_dir / rf.BACKUP),
+        cb.RunHistory(write_dir / rf.HISTORY_CSV, write_dir / rf.HISTORY_JSON, resume),
+        cb.AtomicBestCheckpoint(write_dir / rf.BEST_MODEL, config.monitor, resume),
+        cb.ResumableEarlyStopping(config.monitor, config.early_stopping_patience, resume, read_dir / rf.BEST_MODEL),
         *([cb.ResumableReduceLROnPlateau(config.reduce_lr_monitor, config.reduce_lr_factor, config.reduce_lr_patience,
                                          config.min_learning_rate, lr_resume)]
           if config.lr_schedule == "plateau" else []),
         cb.TimeBudget(config.max_minutes),
         *extra_callbacks,
+        cb.AgreedDecisions(cluster, adjustable_rate=config.lr_schedule == "plateau"),  # last: the chief decides
     ]
-    if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    if config.tensorboard and cluster.chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "tensorboard")))
 
+    if dataset.streamed:
+        from train.streaming import fit_inputs
+
+        inputs = fit_inputs(dataset, config, cluster)
+    else:
+        inputs = {"x": dataset.x_train, "y": dataset.y_train, "validation_data": (dataset.x_val, dataset.y_val),
+                  "batch_size": config.batch_size, "shuffle": True}
     started = time.monotonic()
-    model.fit(
-        dataset.x_train, dataset.y_train,
-        validation_data=(dataset.x_val, dataset.y_val),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, a line per epoch in logs
-    )
-    seconds = time.monotonic() - started
-    finish_run(run_dir, dataset, config, seconds)
-    return run_dir
+    with warnings.catch_warnings():
+        # Streamed validation under multi-worker has no known length (train/streaming.py): Keras says so.
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        model.fit(
+            **inputs,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, a line per epoch in logs
+        )
+    return time.monotonic() - started
 
 
 def save_arrays(run_dir: Path, dataset: Dataset, config: TrainConfig) -> None:
-    """Held-out test images, the validation split (at most MAX_VALIDATION_ARRAYS images: export fits the
-    temperature and the out-of-distribution threshold on it) and a seeded training sample (int8 calibration,
-    fine-tuning, the detector's training statistics)."""
+    """Held-out test images (at most MAX_TEST_ARRAYS: a seeded sample of a bigger test split), the validation
+    split (at most MAX_VALIDATION_ARRAYS images: export fits the temperature and the out-of-distribution threshold
+    on it) and a seeded training sample (int8 calibration, fine-tuning, the detector's training statistics).
+    None of them grows with the data set; a streamed dataset decodes only the images kept."""
+    from train.data import limit_indices
+
     arrays = run_dir / "arrays"
     arrays.mkdir(exist_ok=True)
-    np.savez_compressed(run_dir / rf.TEST_ARRAYS, x=dataset.x_test, y=dataset.y_test)
-    kept = min(len(dataset.x_val), rf.MAX_VALIDATION_ARRAYS)
-    np.savez_compressed(run_dir / rf.VALIDATION_ARRAYS, x=dataset.x_val[:kept], y=dataset.y_val[:kept])
-    count = min(config.train_sample_size, len(dataset.x_train))
-    chosen = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), size=count, replace=False))
-    np.savez_compressed(run_dir / rf.TRAIN_SAMPLE_ARRAYS, x=dataset.x_train[chosen], y=dataset.y_train[chosen])
+    test = limit_indices(len(dataset.y_test), rf.MAX_TEST_ARRAYS, config.seed)
+    kept = np.arange(min(dataset.val_count, rf.MAX_VALIDATION_ARRAYS))
+    count = min(config.train_sample_size, dataset.train_count)
+    chosen = np.sort(np.random.default_rng(config.seed).choice(dataset.train_count, size=count, replace=False))
+    if dataset.streamed:
+        parts = {rf.TEST_ARRAYS: dataset.images(dataset.test, test),
+                 rf.VALIDATION_ARRAYS: dataset.images(dataset.val, kept),
+                 rf.TRAIN_SAMPLE_ARRAYS: dataset.images(dataset.train, chosen)}
+    else:
+        parts = {rf.TEST_ARRAYS: (dataset.x_test[test], dataset.y_test[test]),
+                 rf.VALIDATION_ARRAYS: (dataset.x_val[kept], dataset.y_val[kept]),
+                 rf.TRAIN_SAMPLE_ARRAYS: (dataset.x_train[chosen], dataset.y_train[chosen])}
+    for name, (x, y) in parts.items():
+        np.savez_compressed(run_dir / name, x=x, y=y)
 
 
 def rewrite_arrays(run_dir: Path) -> None:
@@ -159,8 +228,8 @@ def rewrite_arrays(run_dir: Path) -> None:
     config = load_run_config(run_dir, finished_is_ok=True)
     dataset = load_dataset(replace(config, input_recipe=resolved_input_recipe(config.dataset, config.input_recipe)))
     save_arrays(run_dir, dataset, config)
-    print(f"Wrote {run_dir / 'arrays'}: test {len(dataset.x_test)}, validation "
-          f"{min(len(dataset.x_val), rf.MAX_VALIDATION_ARRAYS)} images, a training sample")
+    print(f"Wrote {run_dir / 'arrays'}: test {min(len(dataset.y_test), rf.MAX_TEST_ARRAYS)}, validation "
+          f"{min(dataset.val_count, rf.MAX_VALIDATION_ARRAYS)} images, a training sample")
 
 
 def cpu_has_bfloat16() -> bool:
@@ -207,13 +276,17 @@ def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: fl
         float32.save(best_path.with_name(".best.float32.keras"))
         best_path.with_name(".best.float32.keras").replace(best_path)  # atomically: never half a model
         model = float32
-    probabilities = predict(model, dataset.x_test)
+    if dataset.streamed:  # the whole test split, a batch at a time
+        parts = [predict(model, x) for x, _ in dataset.batches(dataset.test)]
+        probabilities = np.concatenate(parts) if parts else np.zeros((0, len(dataset.labels)), "float32")
+    else:
+        probabilities = predict(model, dataset.x_test)
     predicted = probabilities.argmax(axis=1)
     loss = float(keras.losses.sparse_categorical_crossentropy(dataset.y_test, probabilities).numpy().mean())
     history = rf.read_json(run_dir / rf.HISTORY_JSON)
     metrics = summarize(dataset, predicted, loss, history, config, seconds)
     atomic_write_json(run_dir / rf.METRICS, metrics)
-    write_plots(run_dir, model, dataset, history, metrics)
+    write_plots(run_dir, model, in_memory_preview(dataset), history, metrics)
     point_latest(run_dir)
     print(f"Test accuracy of best.keras (epoch {metrics['best_epoch']}): {metrics['test_accuracy'] * 100:.2f} %  "
           f"-> {run_dir}")
@@ -222,6 +295,15 @@ def finish_run(run_dir: Path, dataset: Dataset, config: TrainConfig, seconds: fl
               "recipe (`make train`, 10 epochs, about 93 %) and `make export` publish a better version, which a "
               "running service switches to by itself.")
     return metrics
+
+
+def in_memory_preview(dataset: Dataset) -> Dataset:
+    """The dataset itself if it is in memory; for a streamed one, its first test images (what the plots show)."""
+    if not dataset.streamed:
+        return dataset
+    x, y = dataset.images(dataset.test, np.arange(min(16, len(dataset.test))))
+    empty = np.zeros((0, *dataset.input_shape), np.uint8), np.zeros(0, np.int64)
+    return Dataset(dataset.name, dataset.labels, *empty, *empty, x, y, dataset.skipped)
 
 
 def predict(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -249,14 +331,14 @@ def summarize(dataset: Dataset, predicted: np.ndarray, loss: float, history: lis
 
     scored = [(row[config.monitor], row["epoch"]) for row in history if config.monitor in row]
     best_value, best_epoch = (max if is_higher_better(config.monitor) else min)(scored) if scored else (None, -1)
-    images = len(dataset.x_train) * len(history)
+    images = dataset.train_count * len(history)
     return {
         "test_accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
         "test_loss": loss,
         "test_images": int(len(truth)),
-        "train_images": int(len(dataset.x_train)),
+        "train_images": int(dataset.train_count),
         "compute_precision": compute_policy(config.precision),
-        "validation_images": int(len(dataset.x_val)),
+        "validation_images": int(dataset.val_count),
         "best_epoch": best_epoch + 1,  # 1-based, like the progress bar
         "best_" + config.monitor: best_value,
         "epochs_run": len(history),
