@@ -262,7 +262,7 @@ def inference_response(model: ServedModel, name: str, request_id, probabilities:
             if binary:
                 blob = probabilities.astype("<f4").tobytes()
             else:
-                tensor["data"] = [round(float(v), 7) for v in probabilities.reshape(-1)]
+                tensor["data"] = [float(v) for v in probabilities.reshape(-1)]
         else:
             rows = classification(probabilities, model.labels, count)
             tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": [len(rows), count]}
