@@ -110,7 +110,8 @@ def load_version(version: ModelVersion, fmt: str, self_check_runs: int = 5, thre
     except RuntimeLoadError as err:
         raise ModelLoadError(str(err)) from None
     height, width, channels = input_size(manifest)
-    model = ServedModel(manifest["name"], version.version, version.path, fmt, manifest, runner,
+    # Served under its folder's name (models/<name>/): that is the name every route and the repository use.
+    model = ServedModel(version.name, version.version, version.path, fmt, manifest, runner,
                         list(manifest["labels"]), height, width, channels, input_recipe(manifest), detector, scale)
     model.self_check = self_check(model, artifact, self_check_runs)
     if not model.self_check["passed"]:

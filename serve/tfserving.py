@@ -172,10 +172,6 @@ def blueprint(service) -> Blueprint:
                                                                                               strict=True)]
                                           for row in probabilities]})
 
-    def regress(name: str, version: int | None = None, label: str | None = None):
-        served_as(name, version, label)
-        raise ApiError(400, "not_a_regression", f"'{name}' is a classifier: use :classify or :predict.")
-
     def status(name: str, version: int | None = None, label: str | None = None):
         model: NamedModel = manager.model(name)
         if label is not None:
@@ -196,7 +192,7 @@ def blueprint(service) -> Blueprint:
             "metadata": {"signature_def": {"signature_def": signature_defs(model)}},
         })
 
-    for verb, view in (("predict", predict), ("classify", classify), ("regress", regress)):
+    for verb, view in (("predict", predict), ("classify", classify)):
         routes.add_url_rule(f"/v1/models/<name>:{verb}", f"tfserving_{verb}", view, methods=["POST"])
         routes.add_url_rule(f"/v1/models/<name>/versions/<int:version>:{verb}", f"tfserving_{verb}", view,
                             methods=["POST"])
