@@ -2,7 +2,8 @@
 
   1. train   the default recipe (python -m train, no options) on the full Fashion-MNIST
   2. export  that run with every format, QAT and pruning included
-  3. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py)
+  3. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py), then
+             beside Triton and LitServe on the same model file (bench/peers_bench.py)
   4. the README's pictures from that run and a real browser (bench/docs_images.py)
 
     python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
@@ -132,6 +133,14 @@ def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> d
          "--out", str(RESULTS / "request_costs.json")],
         RESULTS / "request_costs.log")
     return json.loads((RESULTS / "serve.json").read_text())
+
+
+def bench_peers(models: Path, seconds: int, rounds: int) -> dict:
+    """Triton (nvidia-pytriton) and LitServe beside pocketcnn on the same model file (bench/peers_bench.py, in
+    .venv-peers); results in bench/results/peers.json, its BENCHMARKS.md section from bench.peers_bench.markdown()."""
+    run([sys.executable, "-m", "bench.peers_bench", "--models", str(models), "--seconds", str(seconds),
+         "--rounds", str(rounds), "--out", str(RESULTS / "peers.json")], RESULTS / "peers.log")
+    return json.loads((RESULTS / "peers.json").read_text())
 
 
 def recipe_text(train: dict) -> str:
@@ -406,6 +415,7 @@ def main(argv=None) -> None:
     export = bench_export(run_dir)
     (RESULTS / "export_summary.json").write_text(json.dumps(export, indent=2) + "\n")
     serve = bench_serve(ROOT / "bench" / "models", run_dir / "best.keras", args.seconds, args.rounds)
+    bench_peers(ROOT / "bench" / "models", args.seconds, args.rounds)  # the report: bench.peers_bench.markdown()
     costs = json.loads((RESULTS / "request_costs.json").read_text())
     command = "python -m bench.run_all" + (f" --run {args.run}" if args.run else "")
     report = write_report(train, export, serve, costs, command, train_runs)
