@@ -127,6 +127,34 @@ def _v2_schemas(classes: int | None, max_images: int, shape: list[int] | None) -
     }
 
 
+def _on_device_paths() -> dict:
+    """What the page loads to classify on the device (serve/in_browser.py)."""
+    def binary(kinds: str, description: str) -> dict:
+        return {"description": description, "content": {kind: {"schema": {"type": "string", "format": "binary"}}
+                                                        for kind in kinds.split()}}
+
+    missing = _error("Not available on this service (the message says why).")
+    file_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/ondevice/model.json": {"get": {"summary": "The served version's ONNX file for the page: where, sha256, "
+                                                   "labels, input recipe, detector", "responses": {
+            "200": _json({"type": "object", "required": ["available"]}, "The description."),
+            "503": _json({"type": "object", "required": ["available", "reason"]}, "No model served yet.")}}},
+        "/ondevice/model.onnx": {"get": {"summary": "The ONNX file", "responses": {
+            "200": binary("application/octet-stream", "The file (ETag: its sha256)."), "404": missing}}},
+        "/ondevice/ood.bin": {"get": {"summary": "The out-of-distribution detector's arrays", "responses": {
+            "200": binary("application/octet-stream", "float32 arrays, shapes in model.json."), "404": missing}}},
+        "/ondevice/runtime/{name}": {"get": {"summary": "onnxruntime-web's files", "parameters": [file_name],
+                                             "responses": {"200": binary("text/javascript application/wasm",
+                                                                          "A runtime file."),
+                                                           "404": missing}}},
+        "/ondevice/{name}": {"get": {"summary": "The page's JavaScript modules", "parameters": [file_name],
+                                     "responses": {"200": binary("text/javascript", "A module."), "404": missing}}},
+        "/sw.js": {"get": {"summary": "The page's service worker", "responses": {
+            "200": binary("text/javascript", "The service worker.")}}},
+    }
+
+
 def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, served: dict | None = None) -> dict:
     """`served`: the served model's {"name", "version", "input": [height, width, channels]}: examples for
     the TF Serving routes, and the exact shape of a pixel-array instance."""
@@ -278,6 +306,7 @@ def openapi_document(labels: list[str] | None, max_images: int, max_bytes: int, 
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3.",
                         "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            **_on_device_paths(),
             "/": {"get": {"summary": "The web page", "responses": {
                 "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },

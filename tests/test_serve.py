@@ -431,6 +431,7 @@ def test_openapi_documents_every_route(client, app):
     assert document["openapi"].startswith("3.")
     documented = {path for path in document["paths"]}
     routes = {rule.rule.replace("<name>", "{name}").replace("<int:version>", "{version}")
+              .replace("<version>", "{version}").replace("<label>", "{label}")
               for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert documented == routes
     for path, item in document["paths"].items():

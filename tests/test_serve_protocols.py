@@ -153,8 +153,11 @@ def test_v2_errors_are_error_strings_with_the_right_status(client, photos):
     header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                           "parameters": {"binary_data_size": len(blob) + 10}}]}
     bad(client, 400, "does not fit", **binary_request(header, blob))
+    overlong = struct.pack("<I", len(pngs[0]) + 5) + pngs[0]  # an element's length beyond its tensor's bytes
+    header["inputs"][0]["parameters"]["binary_data_size"] = len(overlong)
+    bad(client, 400, "runs past the end", **binary_request(header, overlong))
     header["inputs"][0]["parameters"]["binary_data_size"] = len(blob) - 1
-    bad(client, 400, "runs past the end", **binary_request(header, blob))
+    bad(client, 400, "belong to no input", **binary_request(header, blob))
     header["inputs"][0]["parameters"]["binary_data_size"] = len(blob)
     bad(client, 400, "belong to no input", **binary_request(header, blob, b"extra"))
     request = binary_request(header, blob)
