@@ -15,12 +15,16 @@ FIRST_RUN_MINUTES ?= 8
 STAMP := $(VENV)/.installed
 MEDIAPIPE_VENV ?= .venv-mediapipe
 MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed
+CLIENTS_VENV ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
 WEB_STAMP := web/node_modules/.installed
 PACKAGES := scripts/install-system-packages.sh
 # TensorFlow's oneDNN kernels: on by itself only on CPUs with AVX512-VNNI/BF16/AMX, a third faster on AVX2 too.
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: help setup mediapipe web train export serve run lint test test-fast bench clean
+.PHONY: help setup mediapipe clients peers web train export serve run lint test test-fast bench clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,6 +43,23 @@ $(MEDIAPIPE_STAMP): mediapipe-requirements.txt
 	python3 -m venv $(MEDIAPIPE_VENV)
 	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet -r mediapipe-requirements.txt
+	touch $@
+
+clients: $(CLIENTS_STAMP) ## Create .venv-clients: Triton's and KServe's clients (pinned), to test the V2 routes as they call them
+
+$(CLIENTS_STAMP): clients-requirements.txt
+	python3 -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r clients-requirements.txt
+	touch $@
+
+peers: $(PEERS_STAMP) ## Create .venv-peers: Triton (nvidia-pytriton) and LitServe (pinned), for the serving benchmark
+
+$(PEERS_STAMP): peers-requirements.txt pyproject.toml
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r peers-requirements.txt
+	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 web: $(WEB_STAMP) ## Install the page's in-browser runtime (onnxruntime-web, locked by web/package-lock.json; needs npm)
@@ -73,7 +94,7 @@ run: setup ## First run: train the quick recipe (a few minutes) if there is no m
 lint: setup ## ruff: style, bugbear and security rules (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-test: setup mediapipe web lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
+test: setup mediapipe clients web lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
 	@$(PACKAGES) data browser test
 	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q -o faulthandler_timeout=900 $(ARGS)
 
@@ -81,9 +102,9 @@ test-fast: setup ## The tests that need no trained model and no browser (the HTT
 	@$(PACKAGES) data
 	$(PY) -m pytest -q -m "not slow and not browser" $(ARGS)
 
-bench: setup mediapipe web ## Benchmarks on the full data set (about 45 minutes); results in bench/results and BENCHMARKS.md
+bench: setup mediapipe peers web ## Benchmarks on the full data set (about 45 minutes); results in bench/results and BENCHMARKS.md
 	@$(PACKAGES) data browser bench
 	$(PY) -m bench.run_all $(ARGS)
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and models/)
-	rm -rf $(VENV) $(MEDIAPIPE_VENV) web/node_modules .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(MEDIAPIPE_VENV) $(CLIENTS_VENV) $(PEERS_VENV) web/node_modules .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -6,7 +6,8 @@
              input recipe against the centre crop, and what the recipe costs per request (bench/photos_bench.py)
   4. on the device: metadata sizes, MediaPipe against LiteRT, the page classifying in Chromium against /predict
              (bench/ondevice_bench.py)
-  5. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py)
+  5. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py), then
+             beside Triton and LitServe on the same model file (bench/peers_bench.py)
   6. the README's pictures from that run and a real browser (bench/docs_images.py)
   7. training speed against the CPU's measured peak, and `make run` with no model: minutes to the first answer
              (bench/training_speed.py)
@@ -306,11 +307,17 @@ def more_sections() -> str:
     """The report's sections of the stages whose results are on disk (photos, on the device)."""
     lines = [""]
     for name, section in (("training_speed.json", training_speed_section), ("photos.json", photos_section),
-                          ("ondevice.json", ondevice_section),
+                          ("ondevice.json", ondevice_section), ("peers.json", peers_section),
                           ("python_versions.json", python_versions_section)):
         if (RESULTS / name).is_file():
             lines += section(json.loads((RESULTS / name).read_text()))
     return "\n".join(lines)
+
+
+def peers_section(report: dict) -> list[str]:
+    from bench.peers_bench import markdown
+
+    return markdown(report) + [""]
 
 
 def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> dict:
@@ -321,6 +328,14 @@ def bench_serve(models: Path, keras_model: Path, seconds: int, rounds: int) -> d
          "--out", str(RESULTS / "request_costs.json")],
         RESULTS / "request_costs.log")
     return json.loads((RESULTS / "serve.json").read_text())
+
+
+def bench_peers(models: Path, seconds: int, rounds: int) -> dict:
+    """Triton (nvidia-pytriton) and LitServe beside pocketcnn on the same model file (bench/peers_bench.py, in
+    .venv-peers); results in bench/results/peers.json, its BENCHMARKS.md section from bench.peers_bench.markdown()."""
+    run([sys.executable, "-m", "bench.peers_bench", "--models", str(models), "--seconds", str(seconds),
+         "--rounds", str(rounds), "--out", str(RESULTS / "peers.json")], RESULTS / "peers.log")
+    return json.loads((RESULTS / "peers.json").read_text())
 
 
 def recipe_text(train: dict) -> str:
@@ -602,6 +617,7 @@ def main(argv=None) -> None:
     bench_photos(ROOT / export["version"])
     bench_ondevice(ROOT / export["version"])
     serve = bench_serve(ROOT / "bench" / "models", run_dir / "best.keras", args.seconds, args.rounds)
+    bench_peers(ROOT / "bench" / "models", args.seconds, args.rounds)  # the report: bench.peers_bench.markdown()
     costs = json.loads((RESULTS / "request_costs.json").read_text())
     command = "python -m bench.run_all" + (f" --run {args.run}" if args.run else "")
     report = write_report(train, export, serve, costs, command, train_runs) + more_sections()

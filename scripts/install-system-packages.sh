@@ -2,14 +2,15 @@
 # Debian packages pocketcnn needs, by what needs them; installs only what is missing.
 #   scripts/install-system-packages.sh data      the real Fashion-MNIST files (make train, make run)
 #   scripts/install-system-packages.sh browser   Chromium + ChromeDriver (the web page's tests, the README screenshot)
-#   scripts/install-system-packages.sh test      curl (the README's examples), python3-venv (the serving-install test)
+#   scripts/install-system-packages.sh test      curl (the README's examples), python3-venv (the serving-install test),
+#                                                HAProxy and iproute2 (replicas behind a load balancer, two hosts)
 #   scripts/install-system-packages.sh bench     wrk (the serving benchmark)
 # Several groups may be given at once. `make serve` needs none of them.
 set -euo pipefail
 declare -A group=(
   [data]="dataset-fashion-mnist"
   [browser]="chromium chromium-driver"
-  [test]="curl python3-venv"
+  [test]="curl python3-venv haproxy iproute2"
   [bench]="wrk"
 )
 packages=()

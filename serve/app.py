@@ -6,9 +6,10 @@ loaded by a background thread started here, i.e. after gunicorn forked the worke
 Runtime sessions are not fork-safe).
 
 Each API is a blueprint of its own: /predict (serve/predict.py), TensorFlow Serving's REST API
-(serve/tfserving.py), operations (serve/operations.py: health, readiness, model, metrics, OpenAPI, the
-page), what the page needs to classify on the device (serve/in_browser.py). serve/body_limit.py answers
-oversized bodies with a 413 before anything reads them.
+(serve/tfserving.py), the Open Inference Protocol, KServe V2 (serve/inference_v2.py), operations
+(serve/operations.py: health, readiness, model, metrics, OpenAPI, the page), what the page needs to classify on
+the device (serve/in_browser.py). serve/body_limit.py answers oversized bodies with a 413 before anything reads
+them. Every model of the repository is served by name (serve/model.py); /predict answers with the default one.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from serve import body_limit, in_browser, operations, predict, tfserving
+from serve import body_limit, in_browser, inference_v2, operations, predict, tfserving
 from serve.inputs import ApiError
 from serve.metrics import Metrics
-from serve.model import ModelManager, NotReady
+from serve.model import ModelManager, ModelNotFound, NotReady, UnknownLabel
 from serve.responses import json_response, sentence
 from serve.settings import Settings
 
@@ -59,6 +60,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     body_limit.install(app, settings.max_content_length)
     app.register_blueprint(predict.blueprint(service))
     app.register_blueprint(tfserving.blueprint(service))
+    app.register_blueprint(inference_v2.blueprint(service))
     app.register_blueprint(operations.blueprint(service))
     app.register_blueprint(in_browser.blueprint(service))
     register_error_handlers(app, settings)
@@ -75,15 +77,38 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
+def protocol_of(path: str) -> str:
+    """Whose error format a path answers in: TF Serving's and the V2 protocol's `{"error": "<string>"}` on their
+    routes, pocketcnn's `{"error": {"code", "message"}}` everywhere else."""
+    if path == "/v1" or path.startswith("/v1/"):
+        return "tfserving"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "v2"
+    return "pocketcnn"
+
+
+def error_response(status: int, code: str, message: str):
+    if protocol_of(request.path) == "pocketcnn":
+        return json_response({"error": {"code": code, "message": message}}, status)
+    return json_response({"error": message}, status)
+
+
 def register_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
-        return json_response({"error": {"code": err.code, "message": err.message}}, err.status)
+        return error_response(err.status, err.code, err.message)
 
     @app.errorhandler(NotReady)
     def not_ready(err: NotReady):
-        return json_response({"error": {"code": "not_ready",
-                                        "message": f"The model is not ready: {sentence(str(err))}"}}, 503)
+        return error_response(503, "not_ready", f"The model is not ready: {sentence(str(err))}")
+
+    @app.errorhandler(ModelNotFound)
+    def model_not_found(err: ModelNotFound):
+        return error_response(404, "model_not_found", sentence(str(err)))
+
+    @app.errorhandler(UnknownLabel)
+    def unknown_label(err: UnknownLabel):
+        return error_response(400, "unknown_label", sentence(str(err)))
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -96,8 +121,7 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
                  "Send a smaller photo.",
         }
         code = (err.name or "error").lower().replace(" ", "_").replace("'", "")
-        response = json_response({"error": {"code": code, "message": messages.get(err.code, err.description)}},
-                                 err.code or 500)
+        response = error_response(err.code or 500, code, messages.get(err.code, err.description))
         if err.code == 405 and getattr(err, "valid_methods", None):
             response.headers["Allow"] = ", ".join(err.valid_methods)
         return response
@@ -105,5 +129,4 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"error": {"code": "internal_error",
-                                        "message": "The server failed to handle this request; it was logged."}}, 500)
+        return error_response(500, "internal_error", "The server failed to handle this request; it was logged.")

@@ -91,9 +91,13 @@ class Metrics:
     def model_event(self, kind: str, name: str, version: int, previous=None, reason: str = "", fmt: str = "") -> None:
         if kind == "loaded":
             if previous is not None:
-                self.model_info.remove(previous.name, str(previous.version), previous.format)
                 self.model_swaps.inc()
             self.model_info.labels(name, str(version), fmt).set(1)
             self.ready.set(1)
+        elif kind == "unloaded":
+            try:
+                self.model_info.remove(name, str(version), fmt)
+            except KeyError:
+                pass
         elif kind == "load_failed":
             self.load_failures.labels(name, str(version)).inc()

@@ -1,4 +1,5 @@
-"""POST /predict: photos in, a percentage for every class out."""
+"""POST /predict[?model=<name>]: photos in, a percentage for every class out (the default model, or the one
+named)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def blueprint(service) -> Blueprint:
     @routes.post("/predict")
     def predict():
         started = time.perf_counter()
-        model = manager.served()  # one reference for the whole request, even if a new version arrives meanwhile
+        # One reference for the whole request, even if a new version arrives meanwhile. ?model=<name>: another model
+        # of the repository than the default one.
+        name = request.args.get("model") if request.environ.get("QUERY_STRING") else None
+        model = manager.served(name)
         uploads, batch, raw_top_k = read_uploads(request, max_images)
         top_k = parse_top_k(raw_top_k, len(model.labels))
         pixels, doubt = decode_uploads(uploads, model, max_pixels)

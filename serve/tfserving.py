@@ -1,4 +1,17 @@
-"""TensorFlow Serving's REST API, so clients written for it work unchanged."""
+"""TensorFlow Serving's REST API, so clients written for it work unchanged.
+
+    POST /v1/models/<name>[/versions/<v>|/labels/<label>]:predict    {"instances": [...]} -> {"predictions": [...]}
+    POST /v1/models/<name>[/versions/<v>|/labels/<label>]:classify   {"examples": [...]} -> {"results": [...]}
+    GET  /v1/models/<name>[/versions/<v>|/labels/<label>]            every version's status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<label>]/metadata   the signatures
+
+As TF Serving's source writes them (tensorflow_serving/model_servers/http_rest_api_handler.cc and
+http_rest_api_util.cc, util/json_tensor.cc): errors are {"error": "<message>"}; :classify answers under "results"
+(its REST documentation says "result"); the metadata is the SignatureDefMap printed with every primitive field
+(dims as {"size": "-1", "name": ""}, "unknown_rank", "defaults"). Version labels come from
+models/<name>/serving.json (serve/model.py). An unknown label is a 400, as in TF Serving ("Unrecognized servable
+version label").
+"""
 
 from __future__ import annotations
 
@@ -6,9 +19,9 @@ import numpy as np
 from flask import Blueprint, request
 from werkzeug.routing import BaseConverter
 
-from contract import ImageError, is_valid_model_name
+from contract import ImageError
 from serve.inputs import ApiError, decode_base64, json_body
-from serve.model import ServedModel
+from serve.model import NamedModel, ServedModel
 from serve.responses import json_response
 
 
@@ -47,6 +60,59 @@ def instance_pixels(item, index: int, model: ServedModel, max_pixels: int) -> np
     raise ApiError(400, "invalid_instance", f'instances[{index}] must be {{"b64": "<base64 image>"}} or a pixel array.')
 
 
+SIGNATURES = {"predict": ("", "serving_default"), "classify": ("", "serving_default", "classify")}
+
+
+def example_pixels(example, index: int, model: ServedModel, max_pixels: int) -> np.ndarray:
+    """One :classify example's "image" feature -> (H, W, C) pixels: {"b64": ...} (alone or as a one-element list,
+    as a tf.Example feature list holds it), or the pixels, nested or flat."""
+    if not isinstance(example, dict) or "image" not in example:
+        raise ApiError(400, "invalid_example", f'examples[{index}] must be an object with an "image" feature: '
+                                               '{"image": {"b64": "<base64 image>"}}.')
+    value = example["image"]
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]
+    size = model.height * model.width * model.channels
+    if isinstance(value, list) and len(value) == size and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        value = np.asarray(value, dtype=np.float32).reshape(model.height, model.width, model.channels).tolist()
+    try:
+        return instance_pixels(value, index, model, max_pixels)
+    except ApiError as err:
+        raise ApiError(err.status, err.code, err.message.replace("instances[", "examples[")) from None
+
+
+def tensor_info(name: str, dtype: str, shape: list | None) -> dict:
+    """A TensorInfo as TF Serving prints it (always_print_primitive_fields, preserve_proto_field_names)."""
+    if shape is None:
+        return {"dtype": dtype, "tensor_shape": {"dim": [], "unknown_rank": True}, "name": name}
+    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape],
+                                             "unknown_rank": False}, "name": name}
+
+
+def signature_defs(model: ServedModel) -> dict:
+    """serving_default (predict: image -> probabilities) and classify (tf.Example strings -> classes, scores)."""
+    classes = len(model.labels)
+    return {
+        "serving_default": {
+            "inputs": {"image": tensor_info("serving_default_image:0", "DT_FLOAT", model.manifest["input"]["shape"])},
+            "outputs": {"probabilities": tensor_info("StatefulPartitionedCall:0", "DT_FLOAT",
+                                                     model.manifest["output"]["shape"])},
+            "method_name": "tensorflow/serving/predict", "defaults": {}},
+        "classify": {
+            "inputs": {"inputs": tensor_info("tf_example:0", "DT_STRING", None)},
+            "outputs": {"classes": tensor_info("classes:0", "DT_STRING", [None, classes]),
+                        "scores": tensor_info("scores:0", "DT_FLOAT", [None, classes])},
+            "method_name": "tensorflow/serving/classify", "defaults": {}},
+    }
+
+
+def version_status(entry: dict) -> dict:
+    error = entry["error"]
+    return {"version": str(entry["version"]), "state": entry["state"],
+            "status": {"error_code": "FAILED_PRECONDITION" if error else "OK", "error_message": error or ""}}
+
+
 def blueprint(service) -> Blueprint:
     routes = Blueprint("tfserving", __name__)
     # Registered before the routes below are added to the app, so their <name> uses it.
@@ -54,25 +120,24 @@ def blueprint(service) -> Blueprint:
     manager, metrics = service.manager, service.metrics
     max_pixels, max_images = service.settings.max_pixels, service.settings.max_images
 
-    def served_as(name: str, version: int | None = None) -> ServedModel:
-        model = manager.served()
-        if name != model.name:
-            shown = name if is_valid_model_name(name) else "(invalid name)"
-            raise ApiError(404, "model_not_found", f"Model '{shown}' is not served here; this service serves "
-                                                   f"'{model.name}'.")
-        if version is not None and version != model.version:
-            raise ApiError(404, "version_not_found", f"Version {version} of '{name}' is not served; "
-                                                     f"version {model.version} is.")
-        return model
+    def served_as(name: str, version: int | None = None, label: str | None = None) -> ServedModel:
+        return manager.model(name).version(version, label)
 
-    @routes.post("/v1/models/<name>:predict")
-    @routes.post("/v1/models/<name>/versions/<int:version>:predict")
-    def tfserving_predict(name: str, version: int | None = None):
-        model = served_as(name, version)
+    def request_body(what: str, signatures: tuple[str, ...]) -> dict:
         body = json_body(request)
         if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", 'Send JSON {"instances": [{"b64": "<base64 image>"}, ...]} '
-                                                "or pixel arrays.")
+            raise ApiError(400, "invalid_json", f"The body must be a JSON object: {what}.")
+        signature = body.get("signature_name", "")
+        if not isinstance(signature, str):
+            raise ApiError(400, "invalid_json", "'signature_name' key must be a string value.")
+        if signature not in signatures:
+            raise ApiError(400, "invalid_json", f'Serving signature name: "{signature}" not found in signature def '
+                                                f"(use {' or '.join(repr(s) for s in signatures if s)}).")
+        return body
+
+    def predict(name: str, version: int | None = None, label: str | None = None):
+        model = served_as(name, version, label)
+        body = request_body('{"instances": [{"b64": "<base64 image>"}, ...]} or pixel arrays', SIGNATURES["predict"])
         if "instances" in body and "inputs" in body:
             raise ApiError(400, "invalid_json", 'Send "instances" (row format) or "inputs" (columnar), not both.')
         instances = body.get("instances", body.get("inputs"))
@@ -87,31 +152,53 @@ def blueprint(service) -> Blueprint:
         metrics.images.inc(len(instances))
         return json_response({"predictions": [[round(float(v), 7) for v in row] for row in probabilities]})
 
-    @routes.get("/v1/models/<name>")
-    @routes.get("/v1/models/<name>/versions/<int:version>")
-    def tfserving_status(name: str, version: int | None = None):
-        model = served_as(name, version)
-        return json_response({"model_version_status": [
-            {"version": str(model.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-        ]})
+    def classify(name: str, version: int | None = None, label: str | None = None):
+        model = served_as(name, version, label)
+        body = request_body('{"examples": [{"image": {"b64": "<base64 image>"}}, ...]}', SIGNATURES["classify"])
+        examples, context = body.get("examples"), body.get("context", {})
+        if not isinstance(examples, list) or not examples:
+            raise ApiError(400, "invalid_json", '"examples" must be a non-empty list of objects, '
+                                                'e.g. [{"image": {"b64": "<base64 image>"}}].')
+        if not isinstance(context, dict):
+            raise ApiError(400, "invalid_json", '"context" must be an object of features shared by every example.')
+        if len(examples) > max_images:
+            raise ApiError(413, "too_many_images", f"{len(examples)} examples; the limit is {max_images}.")
+        pixels = np.stack([example_pixels({**context, **example} if isinstance(example, dict) else example, i, model,
+                                          max_pixels) for i, example in enumerate(examples)])
+        probabilities = model.predict(pixels)
+        metrics.images.inc(len(examples))
+        # Classes in label order, as a classification signature's classes/scores tensors hold them.
+        return json_response({"results": [[[label_, round(float(v), 7)] for label_, v in zip(model.labels, row,
+                                                                                              strict=True)]
+                                          for row in probabilities]})
 
-    @routes.get("/v1/models/<name>/metadata")
-    @routes.get("/v1/models/<name>/versions/<int:version>/metadata")
-    def tfserving_metadata(name: str, version: int | None = None):
-        model = served_as(name, version)
+    def status(name: str, version: int | None = None, label: str | None = None):
+        model: NamedModel = manager.model(name)
+        if label is not None:
+            if label not in model.labels:
+                model.version(label=label)  # raises UnknownLabel, with the labels it has
+            version = model.labels[label]
+        states = model.version_states()
+        if version is not None:
+            states = [s for s in states if s["version"] == version]
+            if not states:
+                raise ApiError(404, "version_not_found", f"Could not find version {version} of model '{name}'.")
+        return json_response({"model_version_status": [version_status(s) for s in states]})
 
-        def tensor(name_, dtype, shape):
-            return {"dtype": dtype, "name": name_, "tensor_shape": {"dim": [{"size": str(-1 if d is None else d)}
-                                                                            for d in shape]}}
-        signature = {
-            "inputs": {"image": tensor("image", "DT_FLOAT", model.manifest["input"]["shape"])},
-            "outputs": {"probabilities": tensor("probabilities", "DT_FLOAT", model.manifest["output"]["shape"])},
-            "method_name": "tensorflow/serving/predict",
-        }
+    def metadata(name: str, version: int | None = None, label: str | None = None):
+        model = served_as(name, version, label)
         return json_response({
             "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-            "labels": model.labels,
+            "metadata": {"signature_def": {"signature_def": signature_defs(model)}},
         })
 
+    for verb, view in (("predict", predict), ("classify", classify)):
+        routes.add_url_rule(f"/v1/models/<name>:{verb}", f"tfserving_{verb}", view, methods=["POST"])
+        routes.add_url_rule(f"/v1/models/<name>/versions/<int:version>:{verb}", f"tfserving_{verb}", view,
+                            methods=["POST"])
+        routes.add_url_rule(f"/v1/models/<name>/labels/<label>:{verb}", f"tfserving_{verb}", view, methods=["POST"])
+    for suffix, endpoint, view in (("", "tfserving_status", status), ("/metadata", "tfserving_metadata", metadata)):
+        routes.add_url_rule(f"/v1/models/<name>{suffix}", endpoint, view, methods=["GET"])
+        routes.add_url_rule(f"/v1/models/<name>/versions/<int:version>{suffix}", endpoint, view, methods=["GET"])
+        routes.add_url_rule(f"/v1/models/<name>/labels/<label>{suffix}", endpoint, view, methods=["GET"])
     return routes

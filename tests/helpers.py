@@ -41,13 +41,14 @@ def served_artifact(version: Path) -> tuple[str, str]:
 
 
 def copy_version(source: Path, repository: Path, version: int, accuracy: float | None = None,
-                 model_bytes: bytes | None = None) -> Path:
-    """Publish a copy of `source` as `version` the way export does: written aside, then renamed into place.
-    `accuracy` rewrites the served artifact's accuracy in the manifest; `model_bytes` replaces the served file."""
+                 model_bytes: bytes | None = None, name: str = "fashion_mnist") -> Path:
+    """Publish a copy of `source` as `version` of model `name` the way export does: written aside, then renamed into
+    place. `accuracy` rewrites the served artifact's accuracy in the manifest; `model_bytes` replaces the served
+    file."""
     from contract import read_manifest
 
     key, file = served_artifact(source)
-    staging = repository / "fashion_mnist" / f".staging-copy-{version}"
+    staging = repository / name / f".staging-copy-{version}"
     shutil.copytree(source, staging)
     if model_bytes is not None:
         (staging / file).write_bytes(model_bytes)
@@ -56,7 +57,7 @@ def copy_version(source: Path, repository: Path, version: int, accuracy: float |
         manifest["version"] = version
         manifest["artifacts"][key]["accuracy"] = accuracy
         (staging / "manifest.json").write_text(json.dumps(manifest))
-    target = repository / "fashion_mnist" / str(version)
+    target = repository / name / str(version)
     os.rename(staging, target)
     return target
 

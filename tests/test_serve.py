@@ -143,6 +143,13 @@ def _error(response):
     return response.status_code, body["error"]["code"]
 
 
+def _protocol_error(response):
+    """TF Serving's and the V2 protocol's error: {"error": "<message>"} (no code)."""
+    body = response.get_json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"].strip(), body
+    return response.status_code, body["error"]
+
+
 @pytest.mark.parametrize("request_kwargs,status,code", [
     ({"data": {"photo": (io.BytesIO(b"x"), "a.png")}}, 400, "missing_image"),
     ({"data": {"image": (io.BytesIO(b""), "empty.png")}}, 400, "empty_image"),
@@ -212,16 +219,18 @@ def test_tf_serving_unknown_or_tricky_model_names(client, path, status):
     assert "root:" not in response.get_data(as_text=True)  # nothing from outside the repository is read
 
 
-@pytest.mark.parametrize("body,code", [
-    ({"instances": []}, "invalid_json"),
-    ({"instances": [[1, 2, 3]]}, "invalid_instance"),
-    ({"instances": [np.full((28, 28), 300).tolist()]}, "invalid_instance"),
-    ({"instances": ["not-an-object"]}, "invalid_instance"),
-    ({"instances": [{"b64": "!!"}]}, "invalid_base64"),
-    ({"signature_name": "x"}, "invalid_json"),
+@pytest.mark.parametrize("body,message", [
+    ({"instances": []}, '"instances" must be a non-empty list'),
+    ({"instances": [[1, 2, 3]]}, "28x28x1 array of pixel values"),
+    ({"instances": [np.full((28, 28), 300).tolist()]}, "pixel values must be between 0 and 255"),
+    ({"instances": ["not-an-object"]}, "instances[0] must be"),
+    ({"instances": [{"b64": "!!"}]}, "is not valid base64"),
+    ({"signature_name": "x"}, 'Serving signature name: "x" not found'),
+    ({"signature_name": 100}, "'signature_name' key must be a string value"),
 ])
-def test_tf_serving_bad_bodies(client, body, code):
-    assert _error(client.post("/v1/models/fashion_mnist:predict", json=body)) == (400, code)
+def test_tf_serving_bad_bodies(client, body, message):
+    status, text = _protocol_error(client.post("/v1/models/fashion_mnist:predict", json=body))
+    assert status == 400 and message in text
 
 
 def test_tf_serving_status_and_metadata(client):
@@ -422,6 +431,7 @@ def test_openapi_documents_every_route(client, app):
     assert document["openapi"].startswith("3.")
     documented = {path for path in document["paths"]}
     routes = {rule.rule.replace("<name>", "{name}").replace("<int:version>", "{version}")
+              .replace("<version>", "{version}").replace("<label>", "{label}")
               for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert documented == routes
     for path, item in document["paths"].items():
