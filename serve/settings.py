@@ -26,8 +26,10 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     model_repository: str = option("models", "where export publishes (the model repository)")
-    model_name: str = option("", "which model; empty: the repository's only one")
-    model_version_policy: str = option("best", "`best` (held-out accuracy), `latest`, or a version number")
+    model_name: str = option("", "the model `/predict` answers with when no `?model=` is given (every model in the "
+                                 "repository is served by name); empty: the first by name")
+    model_version_policy: str = option("best", "`best` (held-out accuracy), `latest`, or a version number; a model's "
+                                               "own `serving.json` overrides it")
     # Measured here (BENCHMARKS.md): int8 weights run 3-4x faster than float32 on the CPU, and dynamic range
     # keeps the closest answers of the fast formats. tflite_float32 or onnx give the trained model's
     # percentages bit for bit, at that cost.
