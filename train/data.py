@@ -271,7 +271,7 @@ def load_image_folder(
 
     def stack(name):
         x, y = parts[name]
-        return np.stack(x).astype(np.uint8), np.asarray(y, dtype=np.int64)
+        return np.stack(x).astype(np.uint8, copy=False), np.asarray(y, dtype=np.int64)
 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = stack("train"), stack("val"), stack("test")
     return Dataset(directory.name, labels, x_train, y_train, x_val, y_val, x_test, y_test, skipped)
