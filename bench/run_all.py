@@ -1,4 +1,4 @@
-"""`make bench`: the three benchmarks on the full data, in order, then BENCHMARKS.md from the results.
+"""`make bench`: the benchmarks on the full data, in order, then BENCHMARKS.md from the results.
 
   1. train   the default recipe (python -m train, no options) on the full Fashion-MNIST
   2. export  that run with every format, QAT and pruning included
@@ -8,12 +8,14 @@
              (bench/ondevice_bench.py)
   5. serve   wrk against pocketcnn, the HTTP ceiling, two floors and the tutorial way (bench/serve_bench.py), then
              beside Triton and LitServe on the same model file (bench/peers_bench.py)
-  6. the README's pictures from that run and a real browser (bench/docs_images.py)
-  7. training speed against the CPU's measured peak, and `make run` with no model: minutes to the first answer
+  6. beyond one machine: streamed folders against in memory at 5 000 and 50 000 photos, two training workers
+             against one process, replicas behind HAProxy (bench/scale_bench.py)
+  7. the README's pictures from that run and a real browser (bench/docs_images.py)
+  8. training speed against the CPU's measured peak, and `make run` with no model: minutes to the first answer
              (bench/training_speed.py)
-  8. the full install, a short train and export on Python 3.12 and 3.13 (bench/python_versions.py)
+  9. the full install, a short train and export on Python 3.12 and 3.13 (bench/python_versions.py)
 
-    python -m bench.run_all                         # everything (about 30 minutes on 2 cores)
+    python -m bench.run_all                         # everything (about two hours on 2 cores)
     python -m bench.run_all --run bench/runs/<id>   # reuse a trained run, redo export and serve
 """
 
@@ -308,6 +310,7 @@ def more_sections() -> str:
     lines = [""]
     for name, section in (("training_speed.json", training_speed_section), ("photos.json", photos_section),
                           ("ondevice.json", ondevice_section), ("peers.json", peers_section),
+                          ("scale.json", scale_section),
                           ("python_versions.json", python_versions_section)):
         if (RESULTS / name).is_file():
             lines += section(json.loads((RESULTS / name).read_text()))
@@ -316,6 +319,12 @@ def more_sections() -> str:
 
 def peers_section(report: dict) -> list[str]:
     from bench.peers_bench import markdown
+
+    return markdown(report) + [""]
+
+
+def scale_section(report: dict) -> list[str]:
+    from bench.scale_bench import markdown
 
     return markdown(report) + [""]
 
@@ -618,6 +627,8 @@ def main(argv=None) -> None:
     bench_ondevice(ROOT / export["version"])
     serve = bench_serve(ROOT / "bench" / "models", run_dir / "best.keras", args.seconds, args.rounds)
     bench_peers(ROOT / "bench" / "models", args.seconds, args.rounds)  # the report: bench.peers_bench.markdown()
+    run([sys.executable, "-m", "bench.scale_bench", "--models", str(ROOT / "bench" / "models"),
+         "--out", str(RESULTS / "scale.json")], RESULTS / "scale.log")
     costs = json.loads((RESULTS / "request_costs.json").read_text())
     command = "python -m bench.run_all" + (f" --run {args.run}" if args.run else "")
     report = write_report(train, export, serve, costs, command, train_runs) + more_sections()
