@@ -54,9 +54,10 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             title = f.metadata["group"]
             target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         flag = "--" + f.name.replace("_", "-")
-        kwargs = {"default": default, "dest": f.name, "help": f"{f.metadata['help']} (default: {show(default)})"}
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %: "93 %" is a percentage
+        kwargs = {"default": default, "dest": f.name, "help": f"{text} (default: {show(default)})"}
         if f.metadata.get("flag"):
-            target.add_argument(flag, action="store_true", dest=f.name, help=f.metadata["help"])
+            target.add_argument(flag, action="store_true", dest=f.name, help=text)
             continue
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]

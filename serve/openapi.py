@@ -96,8 +96,9 @@ def _v2_schemas(classes: int | None, max_images: int, shape: list[int] | None) -
         "name": {"type": "string", "enum": ["pixels"]},
         "datatype": {"type": "string", "enum": ["UINT8", "FP32"]},
         "shape": pixel_shape,
-        "data": {"type": "array", "minItems": 1, "description": "The pixels, 0-255, flat or nested in row-major "
-                                                                "order: as many as the shape holds."}}}
+        "data": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0, "maximum": 255},
+                 "description": "The pixels, 0-255, flat in row-major order: as many as the shape holds (nested "
+                                "rows are accepted too)."}}}
     output = {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string", "enum": ["probabilities"]},
         "parameters": {"type": "object", "properties": {

@@ -185,3 +185,16 @@ def answers(url: str, photos: list[bytes]) -> list[dict]:
 def served_manifest(url: str) -> dict:
     with urllib.request.urlopen(url + "/model", timeout=10) as response:
         return json.loads(response.read())["manifest"]
+
+
+PROTOCOL_PREFIXES = ("/v1/", "/v2")  # TF Serving's and the Open Inference Protocol's routes
+
+
+def error_of(path: str, body: dict) -> tuple[str | None, str]:
+    """(code, message) of an error body, in the shape its route promises: {"error": "<sentence>"} on the TF Serving
+    and V2 routes (as those servers write it, no code), {"error": {"code", "message"}} everywhere else."""
+    if urllib.parse.urlsplit(path).path.startswith(PROTOCOL_PREFIXES):
+        assert set(body) == {"error"} and isinstance(body["error"], str), body
+        return None, body["error"]
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return body["error"]["code"], body["error"]["message"]

@@ -78,7 +78,9 @@ class WreckLastEpoch(keras.callbacks.Callback):
 
 
 def test_the_kept_checkpoint_is_the_best_epoch_not_the_last(tmp_path):
-    config = replace(SMALL, epochs=3, runs_dir=str(tmp_path), run_name="wrecked", early_stopping_patience=5)
+    # plateau: a learning rate the callback can set (one-cycle's is a schedule)
+    config = replace(SMALL, epochs=3, runs_dir=str(tmp_path), run_name="wrecked", early_stopping_patience=5,
+                     lr_schedule="plateau")
     run = train(config, extra_callbacks=[WreckLastEpoch(2)])
     history = json.loads((run / rf.HISTORY_JSON).read_text())
     accuracies = [row["val_accuracy"] for row in history]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from contract import run_folder as rf
 from contract.files import storage_error
 from contract.options import add_options, values_of
 from train.config import TrainConfig
@@ -65,6 +67,18 @@ def check(config: TrainConfig, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--base-weights: no file at {config.base_weights}")
 
 
+def _multi_worker(args: argparse.Namespace) -> bool:
+    """Whether this run trains with --strategy multi-worker (given, or recorded in the run folder being resumed)."""
+    if getattr(args, "strategy", None) == "multi-worker":
+        return True
+    if args.resume:
+        try:
+            return json.loads((Path(args.resume) / rf.CONFIG).read_text()).get("strategy") == "multi-worker"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     # the CPU time of a training step by a third (BENCHMARKS.md). Before TensorFlow loads (the Makefile sets it too,
     # for processes that load TensorFlow before this).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if _multi_worker(args) and os.environ["TF_ENABLE_ONEDNN_OPTS"] != "0":
+        # Measured with TensorFlow 2.21: a oneDNN convolution fails on an empty batch ("Incompatible shapes"), and
+        # MultiWorkerMirroredStrategy hands a worker empty batches when the shards are uneven (a streamed folder).
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        logging.info("Multi-worker training runs with TensorFlow's oneDNN kernels off (they fail on the empty "
+                     "batches of uneven shards)")
 
     from train.cluster import PEER_LOST_EXIT, PeerLost
     from train.data import DataError

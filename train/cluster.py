@@ -20,6 +20,7 @@ Every worker runs the same `python -m train ...` with its own TF_CONFIG. What th
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -147,10 +148,31 @@ class ScratchFolder:
     history): its own temporary folder, removed when training ends, however it ends."""
 
     def __init__(self, cluster: Cluster):
-        self.path = Path(tempfile.mkdtemp(prefix=f"pocketcnn-{cluster.task_type or 'worker'}{cluster.task_id}-"))
+        prefix = f"pocketcnn-{cluster.task_type or 'worker'}{cluster.task_id}-"
+        self.remove_left_over(prefix)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+    @staticmethod
+    def remove_left_over(prefix: str) -> None:
+        """A worker that was killed (SIGKILL, a lost machine) could not remove its folder: the next worker of the
+        same task removes those whose process is gone."""
+        for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+            pid = folder.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 _PATCHED = False

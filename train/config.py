@@ -91,7 +91,7 @@ class TrainConfig:
                                         "--warmup-epochs, then decay (cosine) to --min-learning-rate at the last "
                                         "epoch; plateau: reduce the rate when validation stalls (below); cosine: "
                                         "decay from --learning-rate over --epochs", choices=LR_SCHEDULES)
-    warmup_epochs: float = _opt(1.0, "epochs of linear warm-up (onecycle)")
+    warmup_epochs: float = _opt(1.0, "epochs of linear warm-up (onecycle; at most 30 % of the run)")
     reduce_lr_monitor: str = _opt("val_accuracy", "validation metric whose plateau reduces the learning rate "
                                                   "(val_accuracy or val_loss)")
     reduce_lr_patience: int = _opt(2, "reduce the learning rate after this many epochs without improvement")

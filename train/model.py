@@ -101,13 +101,18 @@ def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     raise ModelConfigError(f"unknown optimizer '{name}'; choose adam, rmsprop, sgd or nadam")
 
 
+WARMUP_SHARE_LIMIT = 0.3
+
+
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
     """A number (the plateau schedule changes it from a callback), a cosine decay over every step, or one cycle:
     a linear warm-up from a tenth of the peak, then a cosine decay to the minimum at the last step."""
     if config.lr_schedule == "onecycle":
-        warmup = min(max(1, round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch)
+        total = config.epochs * steps_per_epoch
+        # At most 30 % of the run: a one-epoch run (a quick check, a test) still gets its decay, not only the warm-up.
+        warmup = max(1, min(round(config.warmup_epochs * steps_per_epoch), round(WARMUP_SHARE_LIMIT * total)))
         return keras.optimizers.schedules.CosineDecay(
-            config.learning_rate / 10, decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+            config.learning_rate / 10, decay_steps=max(1, total - warmup),
             alpha=min(1.0, config.min_learning_rate / config.learning_rate),
             warmup_target=config.learning_rate, warmup_steps=warmup)
     if config.lr_schedule == "cosine":
