@@ -96,7 +96,7 @@ lint: setup ## ruff: style, bugbear and security rules (configured in pyproject.
 
 test: setup mediapipe clients web lint ## Lint, then the whole test suite (trains, exports and serves small models on real data)
 	@$(PACKAGES) data browser test
-	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q -o faulthandler_timeout=900 $(ARGS)
+	timeout --kill-after=30 $(TEST_TIMEOUT) $(PY) -m pytest -q --durations=30 -o faulthandler_timeout=900 $(ARGS)
 
 test-fast: setup ## The tests that need no trained model and no browser (the HTTP contract on a tiny model)
 	@$(PACKAGES) data

@@ -171,7 +171,7 @@ def test_help_explains_every_option():
                    "--base", "--base-weights", "--fine-tune", "--weight-decay", "--tensorboard", "--resume",
                    "--batch-size", "--conv-dropout", "--early-stopping-patience", "--reduce-lr-patience"):
         assert option in text, option
-    assert "(default: 18)" in text  # defaults are shown: they are the benchmark recipe
+    assert f"(default: {TrainConfig().epochs})" in text  # defaults are shown: they are the benchmark recipe
 
 
 @pytest.mark.parametrize("argv,message", [
