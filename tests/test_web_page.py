@@ -436,16 +436,18 @@ def test_fed_the_same_pixels_the_device_gives_the_services_percentages(browser, 
 def test_photos_classified_on_the_device_get_the_services_answers(browser, onnx_server, fashion_mnist_test,
                                                                   tmp_path):
     """Uploaded through the page with "on this device" on: the browser decodes the photo and applies the recipe in
-    JavaScript; the same top class as /predict on every held-out PNG (the same pixels). A JPEG is decoded
-    differently: the service lets libjpeg decode it at 1/8 scale, luma only (Pillow's draft mode, twice as fast), the
-    browser at full size in colour, so the recipe starts from different pixels and can frame a garment a pixel
-    differently: on phone-like photos the top classes agree on most (26 of 30 with the session model,
-    2026-11-30), and the service's top class is always among the page's first three."""
+    JavaScript; the same top class as /predict on every held-out PNG (the same pixels). The service decodes a JPEG at
+    libjpeg's reduced DCT scale (Pillow's draft: 80x60 for a 640x480 photo), the page at full size and then averages
+    blocks of that scale (device.mjs draft()): within a few levels of the service's pixels, not bit for bit, so a
+    photo the model is unsure of, or whose garment's edge is on the trim's threshold, can tip either way. The top
+    classes agree on at least 98 % of phone-like photos (297 of 300 with a 91 % model, whose top class on the three
+    others was at 36 to 64 %; 289 when the page used the full-size decode), and the service's top class is always
+    among the page's first three."""
     from bench.product_photos import product_photo
 
     x, _ = fashion_mnist_test
     files = []
-    for i in range(30):
+    for i in range(50):
         files.append(("png", tmp_path / f"held_out_{i}.png", png_bytes(x[-1 - i])))
         files.append(("photo", tmp_path / f"photo_{i}.jpg", product_photo(x[i], seed=100 + i)))
     for _, path, data in files:
@@ -463,7 +465,7 @@ def test_photos_classified_on_the_device_get_the_services_answers(browser, onnx_
         assert "on this device" in model
     disable_on_device(browser)
     assert all(same["png"]), same["png"]
-    assert np.mean(same["photo"]) >= 0.75, same["photo"]
+    assert np.mean(same["photo"]) >= 0.98, same["photo"]
     names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not any(urllib.parse.urlsplit(name).path == "/predict" for name in names), "no photo left the page"
 
