@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import answers, png_bytes
-from PIL import Image
+from helpers import answers, encode, png_bytes
+from PIL import Image, ImageOps
 
 from bench.browser import chromium_installed, headless_chromium
 from clients.predict import ServiceError, predict
@@ -284,6 +284,100 @@ def test_the_pages_recipes_give_the_contracts_bytes(browser, live_server, fashio
         assert found["doubt"] == notes.get("photo_doubt", 0.0), name
 
 
+def jpeg_cases(fashion_mnist_test) -> list[tuple[str, bytes]]:
+    """JPEGs as phones send them: product photos at each size bench/product_photos.py makes; sides that are no
+    multiple of the draft scale under every EXIF orientation (the partial blocks move to the left or top); greyscale
+    and progressive files."""
+    from bench.product_photos import SIZES, product_photo
+
+    x, _ = fashion_mnist_test
+    cases = [(f"product photo {w}x{h}", product_photo(x[50 + k], seed=50 + k, size=(w, h)))
+             for k, (w, h) in enumerate(SIZES)]
+    odd = Image.open(io.BytesIO(product_photo(x[60], seed=60, size=(645, 483))))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases.append((f"645x483, EXIF orientation {orientation}", encode(odd, "JPEG", quality=90, exif=exif.tobytes())))
+    cases += [("greyscale", encode(odd.convert("L"), "JPEG", quality=90)),
+              ("progressive", encode(odd, "JPEG", quality=90, progressive=True))]
+    return cases
+
+
+def drafted(data: bytes, side: int) -> np.ndarray:
+    """What the service decodes a JPEG into before the recipe (contract/image.py): Pillow's draft (libjpeg's DCT
+    scaling), then the EXIF orientation."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("L" if image.mode == "L" else "RGB", (side, side))
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return np.asarray(upright)[..., None] if upright.mode == "L" else np.asarray(upright)
+
+
+def block_means(pixels: np.ndarray, scale: int, orientation: int) -> np.ndarray:
+    """device.mjs draft() in numpy: the mean of each scale x scale block, rounded half up, the blocks those of the
+    stored picture before its EXIF orientation turned it upright."""
+    height, width = pixels.shape[:2]
+    top = (-height) % scale if orientation in (3, 4, 7, 8) else 0
+    left = (-width) % scale if orientation in (2, 3, 6, 7) else 0
+    rows, cols = -(-(height + top) // scale), -(-(width + left) // scale)
+    sums, counts = np.zeros((rows * scale, cols * scale, 3), np.int64), np.zeros((rows * scale, cols * scale, 1),
+                                                                                  np.int64)
+    sums[top:top + height, left:left + width], counts[top:top + height, left:left + width] = pixels, 1
+    sums, counts = (a.reshape(rows, scale, cols, scale, -1).sum(axis=(1, 3)) for a in (sums, counts))
+    return ((sums + counts // 2) // counts).astype(np.uint8)
+
+
+def test_the_page_decodes_a_jpeg_at_the_size_the_service_does(browser, live_server, fashion_mnist_test):
+    """The service lets libjpeg decode a JPEG at 1/8, 1/4 or 1/2 scale (Pillow's draft); the page decodes it at full
+    size and averages blocks of the scale the service's decoder picks (device.mjs draft()): Pillow's size exactly, and
+    pixels within a few levels of its decode (on 300 phone-like photos: within 6, 89 % equal, 0.11 levels apart on
+    average, 0.36 at worst). A PNG is decoded at full size, as the service does."""
+    from contract.recipes import InputRecipe
+
+    open_page(browser, live_server + "/")
+    sides = run_module(browser, """
+        return args[0].map(([name, h, w]) => device.draftSide({height: h, width: w, recipe: {name, version: 1}}));""",
+        [["product_photo", 28, 28], ["crop", 32, 32], ["pad", 64, 48]])
+    assert sides == [InputRecipe.parse(name).draft_side(h, w)
+                     for name, h, w in (("product_photo", 28, 28), ("crop", 32, 32), ("pad", 64, 48))]
+    side = sides[0]
+    as_base64 = """
+        let text = "";
+        for (let i = 0; i < p.data.length; i += 8192) text += String.fromCharCode(...p.data.subarray(i, i + 8192));
+        return {h: p.h, w: p.w, c: p.c, data: btoa(text)};"""
+
+    def pixels(found: dict) -> np.ndarray:
+        assert "error" not in found, found
+        return np.frombuffer(base64.b64decode(found["data"]), np.uint8).reshape(found["h"], found["w"], found["c"])
+
+    cases = jpeg_cases(fashion_mnist_test)
+    for name, data in cases:
+        expected = drafted(data, side)
+        found = pixels(run_module(browser, """
+            const bytes = Uint8Array.from(atob(args[0]), (ch) => ch.charCodeAt(0));
+            const p = await device.decode(new Blob([bytes]), args[1]);""" + as_base64,
+            base64.b64encode(data).decode(), side))
+        assert found.shape == expected.shape, name
+        difference = np.abs(found.astype(np.int64) - expected)
+        assert difference.max() <= 8 and difference.mean() <= 0.5, (name, difference.max(), difference.mean())
+    # The block averaging itself, on given pixels (not the browser's decoder): its numpy twin's bytes.
+    with Image.open(io.BytesIO(cases[0][1])) as image:
+        full = np.asarray(image.convert("RGBA"))[:-5, :-3]  # sides that are no multiple of the scale
+    for orientation, scale in ((1, 8), (3, 8), (6, 4), (8, 2)):
+        found = pixels(run_module(browser, """
+            const [b64, h, w, scale, orientation] = args;
+            const rgba = Uint8ClampedArray.from(atob(b64), (ch) => ch.charCodeAt(0));
+            const drafted = device.draft(rgba, h, w, scale, orientation);
+            const p = device.fromRGBA(drafted.rgba, drafted.height, drafted.width);""" + as_base64,
+            base64.b64encode(full.tobytes()).decode(), full.shape[0], full.shape[1], scale, orientation))
+        assert np.array_equal(found, block_means(full[..., :3], scale, orientation)), (orientation, scale)
+    png = png_bytes(np.asarray(Image.open(io.BytesIO(cases[0][1]))))  # 640 x 480
+    found = run_module(browser, """
+        const p = await device.decode(new Blob([Uint8Array.from(atob(args[0]), (ch) => ch.charCodeAt(0))]), args[1]);
+        return [p.h, p.w];""", base64.b64encode(png).decode(), side)
+    assert found == [480, 640]
+
+
 @pytest.fixture(scope="module")
 def onnx_server(model_repository):
     """gunicorn serving the session model's ONNX file: the file the page runs on the device, so that answers can
@@ -342,16 +436,18 @@ def test_fed_the_same_pixels_the_device_gives_the_services_percentages(browser, 
 def test_photos_classified_on_the_device_get_the_services_answers(browser, onnx_server, fashion_mnist_test,
                                                                   tmp_path):
     """Uploaded through the page with "on this device" on: the browser decodes the photo and applies the recipe in
-    JavaScript; the same top class as /predict on every held-out PNG (the same pixels). A JPEG is decoded
-    differently: the service lets libjpeg decode it at 1/8 scale, luma only (Pillow's draft mode, twice as fast), the
-    browser at full size in colour, so the recipe starts from different pixels and can frame a garment a pixel
-    differently: on phone-like photos the top classes agree on most (26 of 30 with the session model,
-    2026-11-30), and the service's top class is always among the page's first three."""
+    JavaScript; the same top class as /predict on every held-out PNG (the same pixels). The service decodes a JPEG at
+    libjpeg's reduced DCT scale (Pillow's draft: 80x60 for a 640x480 photo), the page at full size and then averages
+    blocks of that scale (device.mjs draft()): within a few levels of the service's pixels, not bit for bit, so a
+    photo the model is unsure of, or whose garment's edge is on the trim's threshold, can tip either way. The top
+    classes agree on at least 98 % of phone-like photos (297 of 300 with a 91 % model, whose top class on the three
+    others was at 36 to 64 %; 289 when the page used the full-size decode), and the service's top class is always
+    among the page's first three."""
     from bench.product_photos import product_photo
 
     x, _ = fashion_mnist_test
     files = []
-    for i in range(30):
+    for i in range(50):
         files.append(("png", tmp_path / f"held_out_{i}.png", png_bytes(x[-1 - i])))
         files.append(("photo", tmp_path / f"photo_{i}.jpg", product_photo(x[i], seed=100 + i)))
     for _, path, data in files:
@@ -369,7 +465,7 @@ def test_photos_classified_on_the_device_get_the_services_answers(browser, onnx_
         assert "on this device" in model
     disable_on_device(browser)
     assert all(same["png"]), same["png"]
-    assert np.mean(same["photo"]) >= 0.75, same["photo"]
+    assert np.mean(same["photo"]) >= 0.98, same["photo"]
     names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not any(urllib.parse.urlsplit(name).path == "/predict" for name in names), "no photo left the page"
 
