@@ -18,10 +18,14 @@ def _pixel_array(shape: list[int] | None) -> dict:
     """A pixel-array instance: height x width x channels numbers 0-255 (a greyscale model also takes
     height x width). Only the outer length is in the schema: spelling out every nested pixel makes
     generated examples (and validators) needlessly slow; the description and the 400 say the rest."""
+    # Every level typed, so that no part is "any JSON value": generators (schemathesis) recurse into those.
+    value = {"type": "number", "minimum": 0, "maximum": 255}
+    pixel = {"anyOf": [value, {"type": "array", "items": value}]}
     if not shape:
-        return {"type": "array", "description": "Pixels, height x width x channels, 0-255."}
+        return {"type": "array", "items": {"type": "array", "items": pixel},
+                "description": "Pixels, height x width x channels, 0-255."}
     height, width, channels = shape
-    return {"type": "array", "minItems": height, "maxItems": height, "items": {"type": "array"},
+    return {"type": "array", "minItems": height, "maxItems": height, "items": {"type": "array", "items": pixel},
             "description": f"{height} rows of {width} pixels, each a number 0-255"
                            f"{' (or [value])' if channels == 1 else f' as [{channels} values]'}."}
 
