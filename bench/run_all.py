@@ -154,9 +154,25 @@ def bench_ondevice(version: Path) -> dict:
     return json.loads((RESULTS / "ondevice.json").read_text())
 
 
+def shown_path(path: str) -> str:
+    """A path as the report shows it: relative to the repository when it is inside."""
+    found = Path(path)
+    return str(found.relative_to(ROOT)) if found.is_relative_to(ROOT) else path
+
+
+def recorded_recipe(version: str) -> str:
+    """The input recipe a published version's manifest records (\"?\" if the version is no longer there)."""
+    from contract import read_manifest
+
+    try:
+        return read_manifest(Path(version))["input"]["recipe"]["name"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return "?"
+
+
 def photos_section(photos: dict) -> list[str]:
     recipe, crop = photos["recipe"], photos["crop"]
-    name = f"its input recipe `{(photos.get('recipe') or {}).get('name', 'crop')}`"
+    name = f"its recorded input recipe `{recorded_recipe(photos['version'])}`"
     cost = photos.get("serving_cost")
     calibration = photos.get("calibration", {})
     selection, report = photos["foreign_selection"], photos["foreign_report"]
@@ -186,8 +202,9 @@ def photos_section(photos: dict) -> list[str]:
     lines = [
         "## Photos people upload",
         "",
-        f"The published version `{photos['version']}` through the service's own code, with {name} "
-        f"(`{json.dumps(photos.get('recipe'))}`) and, for comparison, the same files with the centre crop every "
+        f"The published version `{shown_path(photos['version'])}` "
+        f"through the service's own code, served as `{photos.get('served_format', '?')}`, with {name} "
+        "and, for comparison, the same files with the centre crop every "
         f"model used before. Temperature T = {calibration.get('temperature', float('nan')):.3f} (fitted on the "
         "validation images). Product-style photos: `bench/product_photos.py` (a held-out garment photographed: "
         "640×480 and other sizes, JPEG, random fill, tilt, offset, shadow, lighting gradient, fall-off, texture, "
@@ -365,7 +382,8 @@ def recipe_text(train: dict) -> str:
     blocks = "-".join(str(f) for f in c.get("filters", []))
     return (f"`python -m train` with no options: {count('train')} training / {count('validation')} validation images "
             f"(a seeded split of the official training set), {count('test')} official test images; conv blocks "
-            f"{blocks} ({c.get('convs_per_block')} convolutions each) with batch norm, ReLU, max-pool and dropout "
+            f"{blocks} ({c.get('convs_per_block')} convolution{'s' if c.get('convs_per_block') != 1 else ''} each) "
+            "with batch norm, ReLU, max-pool and dropout "
             f"{c.get('conv_dropout')}, dense {c.get('dense_units')} with dropout {c.get('dense_dropout')}"
             f"{', flip + shift augmentation' if c.get('augment') else ', no augmentation'}, "
             f"{c.get('optimizer', '').capitalize()} {c.get('learning_rate')}, batch {c.get('batch_size')}, {schedule}, "
