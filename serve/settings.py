@@ -30,9 +30,10 @@ class Settings:
                                  "repository is served by name); empty: the first by name")
     model_version_policy: str = option("best", "`best` (held-out accuracy), `latest`, or a version number; a model's "
                                                "own `serving.json` overrides it")
-    # Measured here (BENCHMARKS.md): int8 weights run 3-4x faster than float32 on the CPU, and dynamic range
-    # keeps the closest answers of the fast formats. tflite_float32 or onnx give the trained model's
-    # percentages bit for bit, at that cost.
+    # Measured here (BENCHMARKS.md): int8 weights ran the old default model (two convs per block) 3-4x faster
+    # than float32, and dynamic range keeps the closest answers of the fast formats; with today's smaller model
+    # the formats serve within noise of each other. tflite_float32 or onnx give the trained model's percentages
+    # bit for bit.
     model_format: str = option(DEFAULT_FORMAT, "any exported format; `savedmodel` needs TensorFlow installed")
     max_content_length: int = option(16 * 1024 * 1024, "bytes per request (413 beyond)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "pixels per image, read from the header before decoding (413)")
