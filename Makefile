@@ -102,7 +102,7 @@ test-fast: setup ## The tests that need no trained model and no browser (the HTT
 	@$(PACKAGES) data
 	$(PY) -m pytest -q -m "not slow and not browser" $(ARGS)
 
-bench: setup mediapipe peers web ## Benchmarks on the full data set (about two hours); results in bench/results and BENCHMARKS.md
+bench: setup mediapipe peers web ## Benchmarks on the full data set (about 75 minutes); results in bench/results and BENCHMARKS.md
 	@$(PACKAGES) data browser bench
 	$(PY) -m bench.run_all $(ARGS)
 

@@ -15,7 +15,7 @@
              (bench/training_speed.py)
   9. the full install, a short train and export on Python 3.12 and 3.13 (bench/python_versions.py)
 
-    python -m bench.run_all                         # everything (about two hours on 2 cores)
+    python -m bench.run_all                         # everything (about 75 minutes on 2 cores; --rounds 3: an hour)
     python -m bench.run_all --run bench/runs/<id>   # reuse a trained run, redo export and serve
 """
 
