@@ -10,11 +10,14 @@
 # there): a fresh virtual environment with only '.[serve]', as the user 'nobody', read-only models.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The build stage compiles the input recipe (contract/_product_photo.c): the full image of the same Python and
+# Debian has the C compiler; only the virtual environment it builds goes into the slim runtime image.
+ARG BUILD_IMAGE=python:3.11-bookworm
 
 # --- build: a virtual environment with the serving extra only, pinned by constraints.txt ---------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY contract ./contract
 COPY serve ./serve
 COPY clients ./clients

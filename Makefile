@@ -31,7 +31,7 @@ help: ## Show the targets
 
 setup: $(STAMP) ## Create .venv with every extra (pinned by constraints.txt); no root needed
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt contract/_product_photo.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,export,serve,dev]'
@@ -107,4 +107,4 @@ bench: setup mediapipe peers web ## Benchmarks on the full data set (about 75 mi
 	$(PY) -m bench.run_all $(ARGS)
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and models/)
-	rm -rf $(VENV) $(MEDIAPIPE_VENV) $(CLIENTS_VENV) $(PEERS_VENV) web/node_modules .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(MEDIAPIPE_VENV) $(CLIENTS_VENV) $(PEERS_VENV) web/node_modules .pytest_cache .hypothesis .ruff_cache build *.egg-info contract/*.so

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "constraints.txt", "README.md", "contract", "serve", "clients", "export", "train")
+SOURCES = ("pyproject.toml", "setup.py", "constraints.txt", "README.md", "contract", "serve", "clients", "export",
+           "train")
 TRAIN = ["--train-limit", "3000", "--test-limit", "1000", "--epochs", "1", "--filters", "16,32", "--dense-units", "64",
          "--train-sample-size", "1000", "--precision", "float32", "--augment", "false"]
 CLASSIFY = """
@@ -60,7 +61,10 @@ def try_version(minor: str, python: str, work: Path, photo: Path) -> dict:
     source = work / "src"
     source.mkdir(parents=True)
     for name in SOURCES:
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, source / name)
+        if (ROOT / name).is_dir():  # not this interpreter's compiled files
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
     venv = work / "venv"
     result: dict = {"python": python, "seconds": {}}
     with open(work / "log.txt", "w") as log:

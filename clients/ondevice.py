@@ -54,6 +54,7 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 # The still-image formats the service accepts; other Pillow decoders stay closed to untrusted files.
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_compiled = None  # contract/_product_photo.c, the service's compiled product_photo: an app runs the numpy code
 
 
 class BundleError(Exception):
@@ -428,6 +429,10 @@ def product_photo(pixels: np.ndarray, height: int, width: int, channels: int,
     # Work at about twice the input's size: the trim needs no more (the JPEG decoder's own scaling usually
     # delivered about that already).
     pixels = reduce(pixels, max(pixels.shape[:2]) // (WORKING_SCALE["product_photo"] * max(height, width)))
+    if channels == 1 and _compiled is not None:  # the same arithmetic, compiled (contract/_product_photo.c)
+        found, notes["photo_doubt"] = _compiled.product_photo(np.ascontiguousarray(pixels).tobytes(), *pixels.shape,
+                                                              height, width)
+        return np.frombuffer(found, dtype=np.uint8).reshape(height, width, 1).copy()
     # The colour planes, (channels, h, w) float64: numpy is slow on a short last axis.
     values = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float64)
     surface = _background(values)
@@ -641,12 +646,16 @@ def _main_run(flags: np.ndarray) -> np.ndarray:
     if len(indices) == 0:
         return flags
     gap = max(2, len(flags) // 10)
-    breaks = np.flatnonzero(np.diff(indices) > gap)  # a group ends before each break
-    starts = np.concatenate([indices[:1], indices[breaks + 1]])
-    ends = np.concatenate([indices[breaks], indices[-1:]])
-    best = int(np.argmax(ends - starts))  # the first of equally long groups
+    best_start = start = previous = int(indices[0])
+    best_end = previous
+    for index in indices[1:].tolist():
+        if index - previous > gap:
+            start = index
+        previous = index
+        if previous - start > best_end - best_start:
+            best_start, best_end = start, previous
     kept = np.zeros_like(flags)
-    kept[starts[best]:ends[best] + 1] = True
+    kept[best_start:best_end + 1] = True
     return kept
 
 

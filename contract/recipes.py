@@ -40,6 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+try:  # product_photo for greyscale models, compiled (contract/_product_photo.c): the same bytes as the numpy code
+    from contract import _product_photo as _compiled
+except ImportError:  # installed without a C compiler: the numpy code below
+    _compiled = None
+
 RECIPES = ("crop", "pad", "product_photo")
 REDUCING_GAP = 3       # a downscale by more than this reduces first by a whole factor (box average): fast
 WEIGHT_BITS = 12       # fraction bits of the resampling weights
@@ -281,6 +286,10 @@ def product_photo(pixels: np.ndarray, height: int, width: int, channels: int,
     # Work at about twice the input's size: the trim needs no more (the JPEG decoder's own scaling usually
     # delivered about that already).
     pixels = reduce(pixels, max(pixels.shape[:2]) // (WORKING_SCALE["product_photo"] * max(height, width)))
+    if channels == 1 and _compiled is not None:  # the same arithmetic, compiled (contract/_product_photo.c)
+        found, notes["photo_doubt"] = _compiled.product_photo(np.ascontiguousarray(pixels).tobytes(), *pixels.shape,
+                                                              height, width)
+        return np.frombuffer(found, dtype=np.uint8).reshape(height, width, 1).copy()
     # The colour planes, (channels, h, w) float64: numpy is slow on a short last axis.
     values = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float64)
     surface = _background(values)
@@ -494,12 +503,16 @@ def _main_run(flags: np.ndarray) -> np.ndarray:
     if len(indices) == 0:
         return flags
     gap = max(2, len(flags) // 10)
-    breaks = np.flatnonzero(np.diff(indices) > gap)  # a group ends before each break
-    starts = np.concatenate([indices[:1], indices[breaks + 1]])
-    ends = np.concatenate([indices[breaks], indices[-1:]])
-    best = int(np.argmax(ends - starts))  # the first of equally long groups
+    best_start = start = previous = int(indices[0])
+    best_end = previous
+    for index in indices[1:].tolist():
+        if index - previous > gap:
+            start = index
+        previous = index
+        if previous - start > best_end - best_start:
+            best_start, best_end = start, previous
     kept = np.zeros_like(flags)
-    kept[starts[best]:ends[best] + 1] = True
+    kept[best_start:best_end + 1] = True
     return kept
 
 
