@@ -91,8 +91,11 @@ def recipe_cost(version: Path, seconds: int = 4, rounds: int = 5, connections: i
         for repository in repositories.values():
             shutil.rmtree(repository, ignore_errors=True)
     ratio = median_ratio(found["recipe"], found["crop"])
+    from contract import recipes
     return {"connections": connections, "recipe": found["recipe"], "crop": found["crop"],
-            "recipe_over_crop": ratio, "cost": 1 - ratio}
+            "recipe_over_crop": ratio, "cost": 1 - ratio,
+            # what the servers ran product_photo with: contract/_product_photo.c, or the numpy code without it
+            "implementation": "numpy" if recipes._compiled is None else "compiled"}
 
 
 def summary(probabilities: np.ndarray, labels: np.ndarray | None, flags: np.ndarray) -> dict:

@@ -223,7 +223,12 @@ def photos_section(photos: dict) -> list[str]:
                   "published against a copy with the crop recipe, in turn: "
                   f"{cost['recipe']['requests_per_second']:,.0f} vs {cost['crop']['requests_per_second']:,.0f} "
                   "requests/s (median slices; worker CPU per request "
-                  f"{cpu_ms(cost['recipe'])} vs {cpu_ms(cost['crop'])} ms).", ""]
+                  f"{cpu_ms(cost['recipe'])} vs {cpu_ms(cost['crop'])} ms). "
+                  + ("The service ran product_photo compiled (`contract/_product_photo.c`, the same bytes as the numpy "
+                     "code in `contract/recipes.py`, which runs where the package was installed without a C "
+                     "compiler)." if cost.get("implementation") == "compiled" else
+                     "The service ran product_photo's numpy code (the package was installed without its compiled "
+                     "recipe)." if cost.get("implementation") == "numpy" else ""), ""]
     return lines
 
 

@@ -51,16 +51,24 @@ class Detector:
     def distance(self, features: np.ndarray) -> np.ndarray:
         """The relative Mahalanobis distance of each row of `features` (higher: less like the training data)."""
         features = np.atleast_2d(features).astype(np.float32)
-        projected = features @ self.class_factor
-        means = self.projected_means
-        to_class = ((projected[:, None, :] - means[None, :, :]) ** 2).sum(axis=-1).min(axis=1)
-        to_all = (((features - self.global_mean) @ self.global_factor) ** 2).sum(axis=-1)
+        projected = features @ self.joint_factor  # through both factors in one product: [class | global]
+        width = self.class_factor.shape[1]
+        to_class = ((projected[:, None, :width] - self.projected_means[None, :, :]) ** 2).sum(axis=-1).min(axis=1)
+        to_all = ((projected[:, width:] - self.projected_global_mean) ** 2).sum(axis=-1)
         return to_class - to_all
 
     @functools.cached_property
     def projected_means(self) -> np.ndarray:
         """The class means through the class factor, once (the service scores every request with them)."""
         return self.class_means @ self.class_factor
+
+    @functools.cached_property
+    def joint_factor(self) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([self.class_factor, self.global_factor], axis=1))
+
+    @functools.cached_property
+    def projected_global_mean(self) -> np.ndarray:
+        return self.global_mean @ self.global_factor
 
     def save(self, path: Path) -> Path:
         np.savez(path, class_means=self.class_means, class_factor=self.class_factor, global_mean=self.global_mean,
