@@ -176,6 +176,15 @@ static void weights(int size_in, double start, double stop, int size_out, int64_
     }
 }
 
+/* [first, last + 1) of the non-zero entries of a row of n weights (an empty row: [0, 0)). */
+static void span(const int64_t *row, int n, int *found) {
+    int first = 0, last = n;
+    while (first < n && row[first] == 0) first++;
+    while (last > first && row[last - 1] == 0) last--;
+    found[0] = first;
+    found[1] = last;
+}
+
 /* recipes.resample for one channel of uint8 pixels (h x w), the whole picture as the window. */
 static int resample(const unsigned char *pixels, int h, int w, int out_w, int out_h, unsigned char *out) {
     double left = 0.0, top = 0.0, right = w, bottom = h;
@@ -205,27 +214,41 @@ static int resample(const unsigned char *pixels, int h, int w, int out_w, int ou
     if (!across || !down || !rows) { free(across); free(down); free(rows); free(reduced); return -1; }
     weights(w, left, right, out_w, across);
     weights(h, top, bottom, out_h, down);
+    /* Each output pixel reads a few input pixels: sums over the span of its non-zero weights (the zeros the dense
+     * product of contract/recipes.py adds change nothing). */
+    int *down_span = malloc((size_t)out_h * 2 * sizeof(int)), *across_span = malloc((size_t)out_w * 2 * sizeof(int));
+    if (!down_span || !across_span) {
+        free(down_span); free(across_span); free(across); free(down); free(rows); free(reduced);
+        return -1;
+    }
+    for (int y = 0; y < out_h; y++) span(down + (Py_ssize_t)y * h, h, down_span + 2 * y);
+    for (int x = 0; x < out_w; x++) span(across + (Py_ssize_t)x * w, w, across_span + 2 * x);
     for (int y = 0; y < out_h; y++)
         for (int x = 0; x < w; x++) {
             int64_t sum = 0;
-            for (int j = 0; j < h; j++) sum += down[y * h + j] * pixels[j * w + x];
+            for (int j = down_span[2 * y]; j < down_span[2 * y + 1]; j++) sum += down[y * h + j] * pixels[j * w + x];
             rows[y * w + x] = sum;
         }
     for (int y = 0; y < out_h; y++) {
         int64_t down_sum = 0;
-        for (int j = 0; j < h; j++) down_sum += down[y * h + j];
+        for (int j = down_span[2 * y]; j < down_span[2 * y + 1]; j++) down_sum += down[y * h + j];
         for (int x = 0; x < out_w; x++) {
             int64_t total = 0, across_sum = 0;
-            for (int i = 0; i < w; i++) { total += rows[y * w + i] * across[x * w + i]; across_sum += across[x * w + i]; }
+            for (int i = across_span[2 * x]; i < across_span[2 * x + 1]; i++) {
+                total += rows[y * w + i] * across[x * w + i];
+                across_sum += across[x * w + i];
+            }
             int64_t area = down_sum * across_sum, value = (total + area / 2) / area;
             out[y * out_w + x] = (unsigned char)(value < 0 ? 0 : value > 255 ? 255 : value);
         }
     }
+    free(down_span); free(across_span);
     free(across); free(down); free(rows); free(reduced);
     return 0;
 }
 
 static PyObject *product_photo(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer buffer;
     int h, w, channels, height, width;
     if (!PyArg_ParseTuple(args, "y*iiiii", &buffer, &h, &w, &channels, &height, &width)) return NULL;
@@ -239,7 +262,8 @@ static PyObject *product_photo(PyObject *self, PyObject *args) {
     Py_ssize_t plane = (Py_ssize_t)h * w;
     double *values = malloc((size_t)plane * channels * sizeof(double));
     double *background = malloc((size_t)plane * channels * sizeof(double));
-    double *difference = malloc((size_t)plane * sizeof(double)), *scratch = malloc((size_t)plane * channels * sizeof(double));
+    double *difference = malloc((size_t)plane * sizeof(double));
+    double *scratch = malloc((size_t)plane * channels * sizeof(double));
     unsigned char *mask = malloc((size_t)plane), *around = malloc((size_t)plane), *strength = malloc((size_t)plane);
     unsigned char *rows = malloc((size_t)h), *cols = malloc((size_t)w), *fitted = malloc((size_t)height * width);
     PyObject *result = NULL;
@@ -320,9 +344,31 @@ static PyObject *product_photo(PyObject *self, PyObject *args) {
         if (tight >= 12 && !same) fit(n, terms, samples, tighter, channels, coefficients);
     }
     /* recipes._evaluate and the centre's colour */
-    for (int c = 0; c < channels; c++)
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) background[c * plane + (Py_ssize_t)y * w + x] = surface(coefficients[c], x, y);
+    {  /* surface() at every pixel: its terms that depend on x alone or y alone computed once per column and row */
+        double *across_terms = malloc((size_t)w * 2 * sizeof(double));
+        double *down_terms = malloc((size_t)h * 2 * sizeof(double));
+        if (!across_terms || !down_terms) { free(across_terms); free(down_terms); PyErr_NoMemory(); goto done; }
+        for (int c = 0; c < channels; c++) {
+            const double *k = coefficients[c];
+            for (int x = 0; x < w; x++) {
+                double fx = x;
+                across_terms[2 * x] = k[0] + k[1] * fx;
+                across_terms[2 * x + 1] = k[3] * (fx * fx);
+            }
+            for (int y = 0; y < h; y++) {
+                double fy = y;
+                down_terms[2 * y] = k[2] * fy;
+                down_terms[2 * y + 1] = k[4] * (fy * fy);
+            }
+            for (int y = 0; y < h; y++) {
+                double *row = background + c * plane + (Py_ssize_t)y * w, fy = y, cy = down_terms[2 * y];
+                double cyy = down_terms[2 * y + 1];
+                for (int x = 0; x < w; x++)
+                    row[x] = (((across_terms[2 * x] + cy) + across_terms[2 * x + 1]) + cyy) + k[5] * ((double)x * fy);
+            }
+        }
+        free(across_terms); free(down_terms);
+    }
     double centre[3];
     for (int c = 0; c < channels; c++) centre[c] = surface(coefficients[c], (w - 1) / 2.0, (h - 1) / 2.0);
     int light = luma(centre, channels, 1) >= 128;
@@ -337,7 +383,10 @@ static PyObject *product_photo(PyObject *self, PyObject *args) {
         Py_ssize_t i = 0;
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++)
-                if (IN_BAND(y, x)) { residual[i] = difference[(Py_ssize_t)y * w + x]; clutter_count += residual[i++] > TRIM_MIN_CONTRAST; }
+                if (IN_BAND(y, x)) {
+                    residual[i] = difference[(Py_ssize_t)y * w + x];
+                    clutter_count += residual[i++] > TRIM_MIN_CONTRAST;
+                }
     }
     double clutter = (double)clutter_count / (double)n;
     double low = order_statistic(residual, n, n / 4, scratch), middle = order_statistic(residual, n, n / 2, scratch);
@@ -345,7 +394,8 @@ static PyObject *product_photo(PyObject *self, PyObject *args) {
     double noise = (high - low) / 1.349;
     /* recipes._otsu */
     int64_t histogram[256] = {0};
-    for (Py_ssize_t i = 0; i < plane; i++) histogram[(int64_t)dmin(difference[i], 255.0)]++;
+    for (Py_ssize_t i = 0; i < plane; i++)  /* a difference is finite and >= 0; anything else counts as 0 */
+        histogram[difference[i] >= 255.0 ? 255 : difference[i] > 0.0 ? (int)difference[i] : 0]++;
     int64_t count = 0, moment = 0, total = 0, mean_total = 0;
     for (int i = 0; i < 256; i++) { total += histogram[i]; mean_total += histogram[i] * i; }
     double best = 0.0, best_value = 0.0;
@@ -365,13 +415,24 @@ static PyObject *product_photo(PyObject *self, PyObject *args) {
     if (any) {
         int minimum = (int)floor(SPECK_SHARE * (h > w ? h : w));
         if (minimum < 1) minimum = 1;
-        for (int y = 0; y < h; y++) { int s = 0; for (int x = 0; x < w; x++) s += mask[y * w + x]; rows[y] = s >= minimum; }
-        for (int x = 0; x < w; x++) { int s = 0; for (int y = 0; y < h; y++) s += mask[y * w + x]; cols[x] = s >= minimum; }
+        for (int y = 0; y < h; y++) {
+            int s = 0;
+            for (int x = 0; x < w; x++) s += mask[y * w + x];
+            rows[y] = s >= minimum;
+        }
+        for (int x = 0; x < w; x++) {
+            int s = 0;
+            for (int y = 0; y < h; y++) s += mask[y * w + x];
+            cols[x] = s >= minimum;
+        }
         main_run(rows, h);
         main_run(cols, w);
         any = 0;
         for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) { mask[y * w + x] = mask[y * w + x] && rows[y] && cols[x]; any |= mask[y * w + x]; }
+            for (int x = 0; x < w; x++) {
+                mask[y * w + x] = mask[y * w + x] && rows[y] && cols[x];
+                any |= mask[y * w + x];
+            }
     }
     neighbours(mask, h, w, strength, around);
     double photo_doubt = any ? clutter / BORDER_CLUTTER_LIMIT : NOTHING_FOUND;
@@ -461,6 +522,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_product_photo", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_product_photo", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__product_photo(void) { return PyModule_Create(&module); }

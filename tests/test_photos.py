@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import subprocess
+import sysconfig
 
 import numpy as np
 import pytest
@@ -112,9 +113,13 @@ def test_edge_cases_give_an_input(photo, channels):
 def test_the_compiled_recipe_gives_the_numpy_bytes(fashion_mnist_test, monkeypatch):
     """contract/_product_photo.c (what the service runs for greyscale models) against the numpy code it compiles:
     the same bytes and the same photo doubt on product photos (at the JPEG draft size and full size, light and
-    dark backgrounds), flat, tiny and random pictures, for three input sizes. `make setup` builds it: a missing
-    build fails here instead of serving at four times the cost."""
-    assert recipes._compiled is not None, "contract._product_photo is not built: pip install -e . with a C compiler"
+    dark backgrounds), flat, tiny and random pictures, for three input sizes. `make setup` builds it where there is a
+    C compiler: a missing build fails here instead of serving at several times the cost."""
+    if recipes._compiled is None:
+        compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+        assert shutil.which(compiler) is None, f"contract._product_photo is not built although {compiler} is here: " \
+            "pip install -e . (make setup) compiles it"
+        pytest.skip("no C compiler here: the package serves the numpy code")
     x, _ = fashion_mnist_test
     rng = np.random.default_rng(3)
     pictures = []
