@@ -197,7 +197,8 @@ def photos_section(photos: dict) -> list[str]:
          "", "", None),
     ]
     if cost:
-        rows.append(("serving cost of the recipe, 640×480 JPEG (requests/s lost, median of the paired slices)", f"{cost['cost'] * 100:.0f} %",
+        rows.append(("serving cost of the recipe, 640×480 JPEG (requests/s lost, median of the paired slices)",
+                     f"{cost['cost'] * 100:.0f} %",
                      "", "< 10 %", cost["cost"] < 0.10))
     lines = [
         "## Photos people upload",
