@@ -57,14 +57,20 @@ def step(command: list[str], cwd: Path, log, timeout: int) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def copy_sources(names, destination: Path) -> None:
+    """The project's files and folders `names` into `destination`, as an install from a clean checkout sees them:
+    without this interpreter's compiled files and caches (what .dockerignore also keeps out)."""
+    for name in names:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        else:
+            shutil.copy(ROOT / name, destination / name)
+
+
 def try_version(minor: str, python: str, work: Path, photo: Path) -> dict:
     source = work / "src"
     source.mkdir(parents=True)
-    for name in SOURCES:
-        if (ROOT / name).is_dir():  # not this interpreter's compiled files
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-        else:
-            shutil.copy(ROOT / name, source / name)
+    copy_sources(SOURCES, source)
     venv = work / "venv"
     result: dict = {"python": python, "seconds": {}}
     with open(work / "log.txt", "w") as log:

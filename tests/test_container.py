@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+from bench.python_versions import SOURCES, copy_sources
 from serve.testing import free_port
 
 pytestmark = pytest.mark.slow
@@ -58,11 +59,7 @@ def serving_install():
     for instruction, arguments in build:
         if instruction == "COPY":
             *sources, _ = arguments.split()
-            for name in sources:  # what .dockerignore keeps out of the build context stays out
-                if (ROOT / name).is_dir():
-                    shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-                else:
-                    shutil.copy(ROOT / name, source / name)
+            copy_sources(sources, source)
     venv = root / "venv"
     (run,) = [a for i, a in build if i == "RUN"]
     command = run.replace("/opt/pocketcnn", str(venv)).replace("python -m venv", f"{SYSTEM_PYTHON} -m venv")
@@ -173,12 +170,7 @@ def test_the_serving_install_serves_a_real_model_on_other_pythons(python, publis
 
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "setup.py", "constraints.txt", "README.md", "contract", "serve", "clients", "export",
-                 "train"):
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-        else:
-            shutil.copy(ROOT / name, source / name)
+    copy_sources(SOURCES, source)
     venv = tmp_path / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", "constraints.txt", ".[serve]"],
