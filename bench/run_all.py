@@ -78,6 +78,11 @@ TRIED_FOR_PEERS = """Tried on 2026-12-01 for the peers' target and not adopted:
 - **A shorter GIL switch interval** in the workers (`sys.setswitchinterval(0.001)`, against the default 5 ms):
   on the 640×480 JPEG, p99 at c=8 31.9-35.7 against 32.4-36.5 ms, requests/s at c=32 567-712 against 594-780:
   no gain.
+- **One request's decoding and inference at a time in each worker** (a lock around the work of `/predict`, the
+  threads still reading uploads): on the 640×480 JPEG as base64 JSON at c=8, p99 27.8 against 33.4 ms (median of
+  6 slices each) at the same requests/s (571 against 567); on the 28×28 PNG no clear change. But it serves in
+  arrival order, so a thumbnail waits behind a 12 MP photo's 100 ms decode on the same worker, where today's threads
+  share the core between them; the benchmark sends equal requests and cannot show that cost.
 - **Where pocketcnn's time beyond the floor goes** (cProfile, 640×480 JPEG): about 300 more Python calls per
   request than the floor's, none of them above 0.03 ms; the largest are the out-of-distribution distance
   (numpy on 256 features), the eight metric updates, Flask's check of every hook for a coroutine, and the
