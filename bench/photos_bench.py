@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.foreign_photos import photos as foreign_photos
 from bench.product_photos import product_photo
-from contract import read_manifest
+from contract import decode_image, input_recipe, read_manifest, recipes
 from export.calibration import expected_calibration_error, reliability_diagram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,6 @@ def recipe_cost(version: Path, seconds: int = 4, rounds: int = 5, connections: i
         for repository in repositories.values():
             shutil.rmtree(repository, ignore_errors=True)
     ratio = median_ratio(found["recipe"], found["crop"])
-    from contract import decode_image, input_recipe, read_manifest, recipes
     # The same photo through decode_image in this process, best of 7 x 300: the recipe's own cost without the noise
     # of two servers measured in turn.
     manifest = read_manifest(version)
